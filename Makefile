@@ -1,0 +1,41 @@
+# One entry point for set-up: `make demo` runs the offline demo, `make test` the test suite.
+# The venv is created once and reused; torch is installed before the package so pip never pulls a
+# CUDA build by itself: a torch already importable by $(PYTHON) (e.g. a GPU user's) is kept via
+# --system-site-packages, otherwise the CPU build $(TORCH_SPEC) is installed.
+PYTHON ?= python3
+VENV ?= .venv
+TORCH_SPEC ?= torch==2.13.0
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.okd-installed
+
+.PHONY: install test test-fast demo demo-tiny bench clean
+
+$(STAMP): pyproject.toml
+	@if [ ! -x $(BIN)/python ]; then \
+	  if $(PYTHON) -c "import torch" 2>/dev/null; then \
+	    echo "using the existing torch of $(PYTHON)"; $(PYTHON) -m venv --system-site-packages $(VENV); \
+	  else $(PYTHON) -m venv $(VENV); fi; \
+	fi
+	$(BIN)/python -c "import torch" 2>/dev/null || $(BIN)/pip install -q "$(TORCH_SPEC)"
+	$(BIN)/pip install -q -e ".[test]"
+	@touch $(STAMP)
+
+install: $(STAMP)
+
+test: $(STAMP)
+	$(BIN)/python -m pytest -q
+
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q -m "not slow"
+
+demo: $(STAMP)
+	$(BIN)/okd demo
+
+demo-tiny: $(STAMP)
+	$(BIN)/okd demo --tiny
+
+bench: $(STAMP)
+	$(BIN)/python benchmarks/run_all.py
+
+clean:
+	rm -rf $(VENV) runs .pytest_cache

@@ -1,0 +1,5 @@
+import sys
+
+from okd.cli import main
+
+sys.exit(main())

@@ -1,0 +1,58 @@
+"""The `okd` command: one argparse parser, each subcommand registered by its own module.
+
+Every module in this package exposes `register(subparsers)`, which adds its subcommand(s) and sets
+`func` (a callable taking the parsed args and returning an exit code). User mistakes raise
+`OkdError`, printed here as one line without a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import sys
+
+from okd.errors import OkdError
+
+# Subcommand modules, in the order they appear in `okd --help`.
+COMMAND_MODULES = ["train", "eval", "compare", "assets", "demo"]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="okd",
+        description="Distill a large causal LM into a small one with Online Knowledge Distillation "
+        "and the baselines it compares against.",
+    )
+    from okd import __version__
+
+    parser.add_argument("--version", action="version", version=f"okd {__version__}")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMAND_MODULES:
+        try:
+            module = importlib.import_module(f"okd.cli.{name}")
+        except ModuleNotFoundError as e:  # a command whose module is not written yet
+            if e.name != f"okd.cli.{name}":
+                raise
+            continue
+        module.register(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except OkdError as e:
+        print(f"okd: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("okd: interrupted", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

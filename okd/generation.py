@@ -1,0 +1,155 @@
+"""Batched sampling/greedy generation, shared by on-policy training methods and evaluation.
+
+One function, `generate`, wraps Hugging Face `model.generate` with the conventions okd relies on:
+left padding, KV cache, prompts sorted by length so batches carry little padding (order restored on
+return), an explicit sampling configuration that ignores whatever the checkpoint's
+`generation_config.json` suggests (evaluation must be temperature 1, top-p 1, top-k off unless asked),
+and seeding that leaves the caller's global RNG state untouched.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+
+@dataclass
+class GenerationResult:
+    sequences: list[list[int]]  # response tokens only, cut before the first EOS
+    finished: list[bool]  # True where the model emitted EOS within max_new_tokens
+    texts: list[str]  # decoded sequences, special tokens skipped
+    num_tokens: int  # generated tokens, counting each finishing EOS once
+    elapsed_s: float = 0.0
+    extra: dict = field(default_factory=dict)
+
+    @property
+    def tokens_per_s(self) -> float:
+        return self.num_tokens / self.elapsed_s if self.elapsed_s > 0 else 0.0
+
+
+def model_device(model) -> torch.device:
+    try:
+        return next(model.parameters()).device
+    except StopIteration:
+        return torch.device("cpu")
+
+
+def eos_ids(model, tokenizer) -> list[int]:
+    """EOS ids from the tokenizer and the model's generation config (chat models often add one)."""
+    ids: list[int] = []
+    for source in (getattr(tokenizer, "eos_token_id", None),
+                   getattr(getattr(model, "generation_config", None), "eos_token_id", None)):
+        for i in source if isinstance(source, (list, tuple)) else [source]:
+            if i is not None and int(i) not in ids:
+                ids.append(int(i))
+    return ids
+
+
+def pad_id(tokenizer, eos: list[int]) -> int:
+    pid = getattr(tokenizer, "pad_token_id", None)
+    if pid is None:
+        if not eos:
+            raise ValueError("tokenizer has neither a pad nor an EOS token")
+        pid = eos[0]
+    return int(pid)
+
+
+def left_pad(prompts: list[list[int]], pad_token_id: int, device=None) -> dict[str, torch.Tensor]:
+    width = max(len(p) for p in prompts)
+    ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
+    mask = torch.zeros((len(prompts), width), dtype=torch.long)
+    for i, p in enumerate(prompts):
+        if p:
+            ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
+            mask[i, width - len(p):] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+class _VocabLimit:
+    """Logits processor that forbids ids >= limit (a teacher with a padded head must not sample
+    tokens the student cannot embed)."""
+
+    def __init__(self, limit: int):
+        self.limit = limit
+
+    def __call__(self, input_ids, scores):
+        if scores.shape[-1] > self.limit:
+            scores = scores.clone()
+            scores[:, self.limit:] = float("-inf")
+        return scores
+
+
+def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
+             temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
+             seed: int | None = None, batch_size: int = 16, progress: bool = False,
+             vocab_limit: int | None = None, use_cache: bool = True) -> GenerationResult:
+    """Generate a response for each prompt (token id lists); returns them in the prompts' order.
+
+    Sampling uses exactly `temperature`, `top_p` and `top_k` (0 = off); `greedy=True` ignores them.
+    With a `seed`, sampling runs under `torch.random.fork_rng` so the same seed (and batch size)
+    gives the same samples and the caller's RNG stream is unaffected. Each call with a seed draws
+    from one RNG stream across its batches, so results depend on the batch size too.
+    `vocab_limit` forbids sampling ids >= it. The model is put in eval mode for the call and restored.
+    """
+    from transformers import GenerationConfig, LogitsProcessorList
+
+    if not prompts:
+        return GenerationResult([], [], [], 0)
+    if max_new_tokens < 1:
+        raise ValueError("max_new_tokens must be >= 1")
+    if any(len(p) == 0 for p in prompts):
+        raise ValueError("empty prompt: every prompt needs at least one token")
+    eos = eos_ids(model, tokenizer)
+    pad = pad_id(tokenizer, eos)
+    device = model_device(model)
+
+    # Explicit values for every sampling knob, so a checkpoint's generation_config cannot add
+    # top-k 50, repetition penalties etc. behind our back (None fields would be filled from it).
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, num_beams=1,
+                      pad_token_id=pad, eos_token_id=eos or None, use_cache=use_cache,
+                      repetition_penalty=1.0, no_repeat_ngram_size=0, bos_token_id=None)
+    if greedy:
+        gen_kwargs.update(do_sample=False)
+    else:
+        gen_kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p),
+                          top_k=int(top_k), typical_p=1.0, min_p=0.0)
+    config = GenerationConfig(**gen_kwargs)
+    processors = LogitsProcessorList([_VocabLimit(vocab_limit)] if vocab_limit else [])
+
+    # Longest first: equal-length neighbours need little padding, and an OOM shows up at once.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    sequences: list[list[int] | None] = [None] * len(prompts)
+    finished: list[bool] = [False] * len(prompts)
+    eos_set = set(eos)
+    n_tokens = 0
+
+    was_training = model.training
+    model.eval()
+    start = time.perf_counter()
+    fork_devices = [device.index or 0] if device.type == "cuda" else []
+    try:
+        with torch.no_grad(), torch.random.fork_rng(devices=fork_devices,
+                                                      enabled=seed is not None):
+            if seed is not None:
+                torch.manual_seed(seed)
+            batches = range(0, len(order), batch_size)
+            if progress:
+                from tqdm.auto import tqdm
+                batches = tqdm(batches, desc="generate", unit="batch")
+            for b in batches:
+                idx = order[b:b + batch_size]
+                enc = left_pad([prompts[i] for i in idx], pad, device)
+                out = model.generate(**enc, generation_config=config, logits_processor=processors)
+                new = out[:, enc["input_ids"].shape[1]:].tolist()
+                for i, toks in zip(idx, new):
+                    cut = next((k for k, t in enumerate(toks) if t in eos_set), None)
+                    finished[i] = cut is not None
+                    sequences[i] = toks if cut is None else toks[:cut]
+                    n_tokens += len(sequences[i]) + (1 if cut is not None else 0)
+    finally:
+        model.train(was_training)
+    elapsed = time.perf_counter() - start
+    texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
+    return GenerationResult(sequences, finished, texts, n_tokens, elapsed)

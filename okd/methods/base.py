@@ -1,0 +1,81 @@
+"""What every method shares: the models it trains with, and the scored-token plumbing.
+
+A method is a composition of a data source (ground truth, teacher or student samples), a loss and a
+teacher mode (none, frozen, online). The trainer owns the loop, optimizers and checkpoints; a method
+only turns a batch into losses, keyed by the optimizer that must step on them:
+`{"student": L_s}` or, with the online teacher, `{"online": L_t, "student": L_s}`.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from okd.config import Config
+from okd.models.loading import final_hidden, output_weight
+
+
+@dataclass
+class Models:
+    student: Any
+    teacher: Any | None  # a PeftModel when the teacher is online, else a frozen causal LM or None
+    tokenizer: Any
+    vocab_size: int  # shared tokenizer size; logits past it (padded heads) are dropped
+
+
+@dataclass
+class Scored:
+    """The positions that are scored: hidden state at t predicts labels[t + 1]."""
+
+    mask: torch.Tensor  # [B, T-1] bool
+    targets: torch.Tensor  # [N] token ids
+
+    @classmethod
+    def from_labels(cls, labels: torch.Tensor) -> "Scored":
+        mask = labels[:, 1:] != -100
+        return cls(mask=mask, targets=labels[:, 1:][mask])
+
+    def select(self, hidden: torch.Tensor) -> torch.Tensor:
+        """[B, T, H] -> [N, H] rows at the scored positions."""
+        return hidden[:, :-1][self.mask]
+
+
+def scored_hidden(model, batch: dict, scored: Scored) -> torch.Tensor:
+    return scored.select(final_hidden(model, batch["input_ids"], batch["attention_mask"]))
+
+
+def head(model, vocab_size: int) -> torch.Tensor:
+    """The output matrix cut to the shared vocabulary (a view, so gradients still reach it)."""
+    return output_weight(model)[:vocab_size]
+
+
+@dataclass
+class Method:
+    """Base: ground-truth data, no state. Subclasses override `losses` (and `prepare`)."""
+
+    cfg: Config
+    models: Models
+    metrics: dict = field(default_factory=dict)  # per-step extras for metrics.jsonl
+
+    name = "base"
+
+    @property
+    def tau2(self) -> float:
+        m = self.cfg.method
+        return m.temperature**2 if m.tau_squared else 1.0
+
+    def prepare(self, batch: dict, step: int) -> dict:
+        """The batch the loss sees; on-policy methods replace it with generated sequences."""
+        return batch
+
+    def losses(self, batch: dict, norm: float) -> dict[str, torch.Tensor]:
+        raise NotImplementedError
+
+    # Methods with state (replay buffers, samplers) save it here; checkpoints call these.
+    def state_dict(self) -> dict:
+        return {}
+
+    def load_state_dict(self, state: dict) -> None:
+        pass

