@@ -73,11 +73,13 @@ class MethodConfig(Section):
     gen_temperature: float = 1.0
     top_p: float = 1.0
     seqkd_cache: str | None = None  # default: <output_dir>/seqkd_cache.jsonl
+    seqkd_greedy: bool = True  # seqkd: greedy teacher answers (beam-1 Kim & Rush); false: sample as above
     # distillm (arXiv 2402.03898)
     replay_size: int = 1000
     replay_init_prob: float = 0.0
     replay_max_prob: float = 0.8
     replay_step: float = 0.1
+    replay_loss_eps: float = 0.1  # raise the probability when valid loss >= reference + this (DistiLLM loss_eps)
     # minillm (arXiv 2306.08543)
     mix_alpha: float = 0.2
     clip_eps: float = 0.2
@@ -145,7 +147,7 @@ class TrainConfig(Section):
     keep_checkpoints: int = 2
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
     trackers: list[Literal["tensorboard", "wandb"]] = []
-    loss_chunk_size: int = 1024
+    loss_chunk_size: int = 512  # tokens per loss chunk (benchmarks/bench_losses.py)
     on_nan: Literal["stop", "skip"] = "stop"
     num_workers: int = 0
 

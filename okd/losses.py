@@ -31,6 +31,11 @@ import torch.nn.functional as F
 
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd", "skl", "srkl")
 
+# Tokens per chunk. A chunk holds about five [chunk, V] float32 tensors at its peak (~0.9 MiB per
+# token at V = 49,152); 512 keeps the extra peak memory of an 8 x 512-token batch at ~17% of the
+# unchunked computation's, at the same speed (benchmarks/bench_losses.py).
+CHUNK_SIZE = 512
+
 
 # -----------------------------------------------------------------------------
 # exact per-token divergences
@@ -160,23 +165,26 @@ class _ChunkedPairLoss(torch.autograd.Function):
     @staticmethod
     def forward(ctx, student_hidden, student_weight, teacher, teacher_weight, labels, fn, chunk_size, info):
         n, vocab = student_hidden.shape[0], student_weight.shape[0]
+        no_teacher = teacher is None
         teacher_is_logits = teacher_weight is None
-        need_hs, need_ws = student_hidden.requires_grad, student_weight.requires_grad
-        need_ht = teacher.requires_grad
-        need_wt = teacher_weight is not None and teacher_weight.requires_grad
+        grad_on = info["grad_enabled"]  # under torch.no_grad nothing will call backward
+        need_hs, need_ws = grad_on and student_hidden.requires_grad, grad_on and student_weight.requires_grad
+        need_ht = grad_on and not no_teacher and teacher.requires_grad
+        need_wt = grad_on and teacher_weight is not None and teacher_weight.requires_grad
         need_s, need_t = need_hs or need_ws, need_ht or need_wt
 
         hs, ws = student_hidden.detach(), student_weight.detach()
-        ht = teacher.detach()
+        ht = hs if no_teacher else teacher.detach()  # (ht only sets dtypes when there is no teacher)
         wt = None if teacher_is_logits else teacher_weight.detach()[:vocab]  # padded teacher head: first V rows
 
         # gradient buffers; weight grads accumulate in float32 across chunks
-        acc = torch.promote_types(hs.dtype, torch.float32)
+        acc_s, acc_t = (torch.promote_types(x.dtype, torch.float32) for x in (hs, ht))
         g_hs = torch.empty_like(hs) if need_hs else None
-        g_ws = torch.zeros(ws.shape, dtype=acc, device=ws.device) if need_ws else None
+        g_ws = torch.zeros(ws.shape, dtype=acc_s, device=ws.device) if need_ws else None
         g_ht = torch.zeros_like(ht) if need_ht else None  # zeros: teacher logits beyond V get no grad
-        g_wt = torch.zeros(teacher_weight.shape, dtype=acc, device=ht.device) if need_wt else None
+        g_wt = torch.zeros(teacher_weight.shape, dtype=acc_t, device=ht.device) if need_wt else None
 
+        acc = torch.promote_types(acc_s, acc_t)
         s_total = torch.zeros((), dtype=acc, device=hs.device)
         t_total = torch.zeros((), dtype=acc, device=hs.device)
         has_teacher_loss = False
@@ -184,7 +192,10 @@ class _ChunkedPairLoss(torch.autograd.Function):
             j = min(i + chunk_size, n)
             # logits in the input dtype (bf16 stays bf16); fn upcasts for the loss
             zs = (hs[i:j] @ ws.t()).requires_grad_(need_s)
-            zt = (ht[i:j, :vocab] if teacher_is_logits else ht[i:j] @ wt.t()).detach().requires_grad_(need_t)
+            if no_teacher:
+                zt = None
+            else:
+                zt = (ht[i:j, :vocab] if teacher_is_logits else ht[i:j] @ wt.t()).detach().requires_grad_(need_t)
             with torch.enable_grad():
                 s_loss, t_loss = fn(zs, zt, None if labels is None else labels[i:j])
                 s_sum = s_loss.sum()
@@ -212,7 +223,7 @@ class _ChunkedPairLoss(torch.autograd.Function):
         info["has_teacher_loss"] = has_teacher_loss
         # the grads are intermediates, not inputs or outputs: keep them on ctx directly
         ctx.grads = (g_hs, g_ws, g_ht, g_wt)
-        ctx.dtypes = (student_hidden.dtype, student_weight.dtype, teacher.dtype,
+        ctx.dtypes = (student_hidden.dtype, student_weight.dtype, None if no_teacher else teacher.dtype,
                       None if teacher_weight is None else teacher_weight.dtype)
         return s_total, t_total
 
@@ -227,12 +238,13 @@ class _ChunkedPairLoss(torch.autograd.Function):
 
 
 def chunked_pair_loss(fn, student_hidden, student_weight, teacher, teacher_weight=None, labels=None, *,
-                      chunk_size=1024):
+                      chunk_size=CHUNK_SIZE):
     """Sum of per-token student and teacher losses over N tokens, computed chunk by chunk.
 
     student_hidden [N, Hs], student_weight [V, Hs] (the LM head).
     teacher: hidden states [N, Ht] with teacher_weight [V', Ht], or logits [N, V'] with
     teacher_weight None; V' ≥ V and only the first V entries are used (padded teacher head).
+    teacher=None (no teacher, e.g. SFT cross entropy): fn receives None as teacher logits.
     labels [N] long or None, passed through to fn.
     fn(student_logits [n, V], teacher_logits [n, V], labels [n] | None)
         -> (student_per_token [n], teacher_per_token [n] | None)
@@ -244,23 +256,24 @@ def chunked_pair_loss(fn, student_hidden, student_weight, teacher, teacher_weigh
     if student_hidden.dim() != 2 or student_weight.dim() != 2:
         raise ValueError("student_hidden must be [N, Hs] and student_weight [V, Hs]")
     n, vocab = student_hidden.shape[0], student_weight.shape[0]
-    if teacher.shape[0] != n:
-        raise ValueError(f"teacher has {teacher.shape[0]} tokens, student {n}")
-    teacher_vocab = teacher.shape[1] if teacher_weight is None else teacher_weight.shape[0]
-    if teacher_vocab < vocab:
-        raise ValueError(f"teacher vocabulary {teacher_vocab} is smaller than the student's {vocab}")
+    if teacher is not None:
+        if teacher.shape[0] != n:
+            raise ValueError(f"teacher has {teacher.shape[0]} tokens, student {n}")
+        teacher_vocab = teacher.shape[1] if teacher_weight is None else teacher_weight.shape[0]
+        if teacher_vocab < vocab:
+            raise ValueError(f"teacher vocabulary {teacher_vocab} is smaller than the student's {vocab}")
     if labels is not None and labels.shape != (n,):
         raise ValueError(f"labels must be [N] = [{n}], got {tuple(labels.shape)}")
     if chunk_size < 1:
         raise ValueError(f"chunk_size must be >= 1, got {chunk_size}")
-    info = {}
+    info = {"grad_enabled": torch.is_grad_enabled()}
     s, t = _ChunkedPairLoss.apply(student_hidden, student_weight, teacher, teacher_weight, labels, fn,
                                   chunk_size, info)
     return s, (t if info["has_teacher_loss"] else None)
 
 
 def chunked_kd_loss(kind, student_hidden, student_weight, teacher, teacher_weight=None, *, temperature=1.0,
-                    beta=0.5, alpha=0.1, chunk_size=1024):
+                    beta=0.5, alpha=0.1, chunk_size=CHUNK_SIZE):
     """Σ over tokens of token_divergence(kind, ...) from hidden states, chunked (no τ² factor)."""
     if kind not in DIVERGENCES:
         raise ValueError(f"unknown divergence {kind!r}; valid kinds: {', '.join(DIVERGENCES)}")

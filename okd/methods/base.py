@@ -73,6 +73,13 @@ class Method:
     def losses(self, batch: dict, norm: float) -> dict[str, torch.Tensor]:
         raise NotImplementedError
 
+    # Methods that adapt to validation (distillm) override this; the trainer calls it with the
+    # result of each evaluation ({"valid_loss": ...}), and once before step 1 if validate_at_start.
+    validate_at_start = False
+
+    def on_validation(self, metrics: dict) -> None:
+        pass
+
     # Methods with state (replay buffers, samplers) save it here; checkpoints call these.
     def state_dict(self) -> dict:
         return {}

@@ -104,8 +104,7 @@ def prune_model(model, keep: list[int]):
         raise RuntimeError(f"pruned state dict mismatch: missing {missing}, unexpected {unexpected}")
     if tied:
         student.tie_weights()
-    student.generation_config = model.generation_config.__class__.from_dict(
-        model.generation_config.to_dict())
+    student.generation_config = copy.deepcopy(model.generation_config)
     return student.to(next(model.parameters()).device).eval()
 
 

@@ -105,7 +105,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     from transformers import get_linear_schedule_with_warmup
 
     from okd.data import Collator
-    from okd.methods import Models, build_method
+    from okd.methods import Models, build_method, method_class
     from okd.models.loading import check_compatible, load_model, load_tokenizer
     from okd.models.online import add_online_module
 
@@ -116,6 +116,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
         raise OkdError("student.path is not set")
     if mode != "none" and not cfg.teacher.path:
         raise OkdError(f"method {cfg.method.name!r} needs a teacher; set teacher.path")
+    method_class(cfg)  # unsupported method/teacher combinations fail before any model loads
     out = prepare_output_dir(cfg, resume)
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg), log_with=tc.trackers or None,
                               project_dir=str(out))
@@ -183,6 +184,9 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
         log.info("resumed from %s (step %d)", last, state["step"])
     elif resume:
         log.info("no checkpoint in %s; starting from scratch", ckpt_root)
+
+    if method.validate_at_start and valid_features and state["step"] == 0:
+        method.on_validation(evaluate(cfg, method, valid_features, collate, accelerator))  # e.g. distillm's reference loss
 
     world, rank = accelerator.num_processes, accelerator.process_index
     order = BatchOrder([len(f["input_ids"]) for f in features], tc.batch_size * world, tc.seed,
@@ -270,7 +274,9 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
                 record.update(method.metrics)
                 method.metrics.clear()
                 if step == tc.max_steps or (tc.eval_every and step % tc.eval_every == 0):
-                    record.update(evaluate(cfg, method, valid_features, collate, accelerator))
+                    evaluation = evaluate(cfg, method, valid_features, collate, accelerator)
+                    method.on_validation(evaluation)
+                    record.update(evaluation)
                     final = record
                 if main:
                     metrics_file.write(json.dumps(record) + "\n")

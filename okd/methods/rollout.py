@@ -1,0 +1,127 @@
+"""Plumbing shared by the methods that train on generated text (seqkd, imitkd, gkd, distillm, minillm).
+
+- `batch_prompts(batch, ...)`: the prompt of every row of a Collator batch (its `prompt_len`, or the
+  leading run of real tokens labelled -100), cut from the left to `data.max_prompt_length`.
+- `sample(model, ...)`: batched sampling through okd.generation.generate (KV cache, left padding,
+  eval mode while sampling, no gradient), with the method's `max_new_tokens`, `gen_temperature`
+  (0 = greedy) and `top_p`.
+- `build_batch(prompts, targets, ...)`: a training batch, right-padded, labels on the response only.
+  A target is the response tokens plus the EOS when the model emitted one, so a sample that ran into
+  `max_new_tokens` is trained on as an unfinished answer, never taught to stop there.
+"""
+
+from __future__ import annotations
+
+import contextlib
+
+import torch
+
+from okd.data import IGNORE_INDEX
+
+
+def batch_prompts(batch: dict, max_prompt_length: int | None = None, bos_id: int | None = None) -> list[list[int]]:
+    ids = batch["input_ids"]
+    if "prompt_len" in batch:
+        lens = batch["prompt_len"].tolist()
+    else:  # prompt = leading real tokens that carry no label
+        is_prompt = (batch["labels"] == IGNORE_INDEX) & (batch["attention_mask"] == 1)
+        lens = is_prompt.long().cumprod(1).sum(1).tolist()
+    prompts = [row[:n] for row, n in zip(ids.tolist(), lens)]
+    if max_prompt_length:
+        prompts = [left_cut(p, max_prompt_length, bos_id) for p in prompts]
+    return prompts
+
+
+def left_cut(ids: list[int], room: int, bos_id: int | None) -> list[int]:
+    """The last `room` tokens, keeping a leading BOS in place (as okd.data does for prompts)."""
+    if len(ids) <= room:
+        return ids
+    if bos_id is not None and ids and ids[0] == bos_id and room >= 2:
+        return [ids[0]] + ids[len(ids) - room + 1:]
+    return ids[len(ids) - room:]
+
+
+def targets_of(result, eos_id: int) -> list[list[int]]:
+    """GenerationResult -> label tokens: the response, plus the EOS where the model stopped itself."""
+    return [list(s) + ([eos_id] if f else []) for s, f in zip(result.sequences, result.finished)]
+
+
+def build_batch(prompts: list[list[int]], targets: list[list[int]], *, pad_id: int, max_length: int,
+                device=None) -> dict[str, torch.Tensor]:
+    """prompt + target per row, right-padded; labels -100 on prompt and padding. Targets are cut so a
+    row fits `max_length` (the prompt already does: it comes from an encoded training example)."""
+    rows, labels, plens = [], [], []
+    for p, t in zip(prompts, targets):
+        t = list(t)[:max(0, max_length - len(p))]
+        rows.append(list(p) + t)
+        labels.append([IGNORE_INDEX] * len(p) + t)
+        plens.append(len(p))
+    width = max(map(len, rows))
+    ids = torch.full((len(rows), width), int(pad_id), dtype=torch.long)
+    lab = torch.full((len(rows), width), IGNORE_INDEX, dtype=torch.long)
+    mask = torch.zeros((len(rows), width), dtype=torch.long)
+    for i, (r, y) in enumerate(zip(rows, labels)):
+        ids[i, :len(r)] = torch.tensor(r, dtype=torch.long)
+        lab[i, :len(y)] = torch.tensor(y, dtype=torch.long)
+        mask[i, :len(r)] = 1
+    return {"input_ids": ids.to(device), "attention_mask": mask.to(device), "labels": lab.to(device),
+            "prompt_len": torch.tensor(plens, device=device)}
+
+
+def per_token(values: list[list[float]], prompts: list[list[int]], width: int, device=None) -> torch.Tensor:
+    """Per-target-token values laid out like `build_batch` labels ([B, width], 0 elsewhere)."""
+    out = torch.zeros((len(values), width), dtype=torch.float32)
+    for i, (v, p) in enumerate(zip(values, prompts)):
+        v = v[:max(0, width - len(p))]
+        if v:
+            out[i, len(p):len(p) + len(v)] = torch.tensor(v, dtype=torch.float32)
+    return out.to(device)
+
+
+def autocast_for(cfg, device: torch.device):
+    """Sampling under the run's mixed precision on GPU (the trainer's autocast covers only losses)."""
+    mp = cfg.train.mixed_precision
+    if device.type != "cuda" or mp == "no":
+        return contextlib.nullcontext()
+    if mp == "auto":
+        mp = "bf16" if torch.cuda.is_bf16_supported() else "no"
+    if mp == "no":
+        return contextlib.nullcontext()
+    return torch.autocast("cuda", dtype=torch.bfloat16 if mp == "bf16" else torch.float16)
+
+
+def sample(model, tokenizer, prompts: list[list[int]], cfg, *, vocab_limit: int, greedy: bool = False):
+    """Responses of `model` to `prompts` with the method's generation settings (a GenerationResult).
+
+    No gradient, eval mode while sampling (restored after), KV cache, left padding, one batch.
+    Sampling draws from the global torch RNG, which checkpoints save and restore, so a resumed run
+    samples what the uninterrupted run would have.
+    """
+    from okd.generation import generate, model_device
+    from okd.models.loading import causal_lm
+
+    m = cfg.method
+    lm = causal_lm(model)  # past DDP/peft wrappers (an online module's LoRA stays active)
+    with autocast_for(cfg, model_device(lm)):
+        return generate(lm, tokenizer, prompts, max_new_tokens=m.max_new_tokens,
+                        temperature=m.gen_temperature or 1.0, top_p=m.top_p,
+                        greedy=greedy or m.gen_temperature == 0, batch_size=max(1, len(prompts)),
+                        vocab_limit=vocab_limit)
+
+
+def ce_sum(model, batch: dict, vocab_size: int, chunk_size: int) -> tuple[torch.Tensor, int]:
+    """(Σ CE over the batch's labelled tokens, their count), logits formed chunk by chunk.
+
+    chunked_pair_loss wants a teacher; an expanded zero tensor stands in for its logits at no memory
+    cost (the SFT path in kd.py passes None, which chunked_pair_loss currently rejects).
+    """
+    from okd.losses import chunked_pair_loss, token_ce
+    from okd.methods.base import Scored, head, scored_hidden
+
+    scored = Scored.from_labels(batch["labels"])
+    h = scored_hidden(model, batch, scored)
+    w = head(model, vocab_size)
+    no_teacher = torch.zeros((), dtype=h.dtype, device=h.device).expand(h.shape[0], w.shape[0])
+    loss, _ = chunked_pair_loss(lambda zs, zt, y: (token_ce(zs, y), None), h, w, no_teacher, None,
+                                labels=scored.targets, chunk_size=chunk_size)
+    return loss, len(scored.targets)
