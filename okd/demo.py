@@ -59,10 +59,11 @@ def prepare_real(out: Path) -> DemoPlan:
 
 def prepare_tiny(out: Path) -> DemoPlan:
     from okd.models.tiny import save_tiny
+    from okd.train import train
 
-    teacher, student = out / "tiny-teacher", out / "student-init"
-    if not (teacher / "config.json").is_file():
-        save_tiny(teacher, "llama", layers=4, hidden=128, seed=1)
+    init, student = out / "tiny-teacher-init", out / "student-init"
+    if not (init / "config.json").is_file():
+        save_tiny(init, "llama", layers=4, hidden=128, seed=1)
     if not (student / "config.json").is_file():
         save_tiny(student, "llama", layers=2, hidden=64, seed=2)
     data = out / "tiny-data"
@@ -74,9 +75,17 @@ def prepare_tiny(out: Path) -> DemoPlan:
             rows = [{"instruction": f"Repeat: {words[i % 10]} {words[(i * 7) % 10]}",
                      "input": "", "output": f"{words[i % 10]} {words[(i * 7) % 10]}"} for i in range(lo, hi)]
             (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return DemoPlan(teacher=str(teacher), student=str(student), data=str(data), template="alpaca",
-                    steps=30, batch_size=8, max_length=128, lr=1e-3, eval_limit=40, max_new_tokens=16,
-                    online_rank=8)
+    # a random teacher has nothing to teach: fine-tune it on the task first (cached like the rest)
+    teacher_run = out / "teacher-sft"
+    if not (teacher_run / "summary.json").is_file():
+        _say("training the tiny teacher (sft, 150 steps)")
+        train(build_config({}, [f"student.path={init}", f"data.train={data}", "method.name=sft",
+                                "data.max_length=128", "train.max_steps=150", "train.batch_size=16",
+                                "train.lr=3e-3", "train.warmup_steps=10", f"output_dir={teacher_run}"]),
+              resume=True)
+    return DemoPlan(teacher=str(teacher_run / "student"), student=str(student), data=str(data),
+                    template="alpaca", steps=60, batch_size=8, max_length=128, lr=2e-3, eval_limit=40,
+                    max_new_tokens=16, online_rank=8)
 
 
 def train_methods(plan: DemoPlan, out: Path) -> dict[str, dict]:

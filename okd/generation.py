@@ -5,12 +5,16 @@ left padding, KV cache, prompts sorted by length so batches carry little padding
 return), an explicit sampling configuration that ignores whatever the checkpoint's
 `generation_config.json` suggests (evaluation must be temperature 1, top-p 1, top-k off unless asked),
 and seeding that leaves the caller's global RNG state untouched.
+
+transformers 5 semantics: a `top_k` of None in a GenerationConfig is filled from the checkpoint's
+generation_config or the library default (50), while `top_k=0` disables the top-k filter; so we
+always pass the value explicitly and 0 means off.
 """
 
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
@@ -22,7 +26,6 @@ class GenerationResult:
     texts: list[str]  # decoded sequences, special tokens skipped
     num_tokens: int  # generated tokens, counting each finishing EOS once
     elapsed_s: float = 0.0
-    extra: dict = field(default_factory=dict)
 
     @property
     def tokens_per_s(self) -> float:
@@ -101,6 +104,10 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
         raise ValueError("max_new_tokens must be >= 1")
     if any(len(p) == 0 for p in prompts):
         raise ValueError("empty prompt: every prompt needs at least one token")
+    if not greedy and not temperature > 0:
+        raise ValueError(f"sampling temperature must be > 0 (use greedy=True instead), got {temperature}")
+    if not hasattr(model, "generate") and hasattr(model, "module"):
+        model = model.module  # DDP-style wrapper: generate on the wrapped model
     eos = eos_ids(model, tokenizer)
     pad = pad_id(tokenizer, eos)
     device = model_device(model)

@@ -18,6 +18,15 @@ from okd.models.tiny import byte_tokenizer, save_tiny, tiny_model
 SEED_TASKS = "/work/shared/data/seed_tasks.jsonl"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def one_thread():
+    # tiny models gain nothing from threads, and on a busy shared CPU 2 threads spin-wait (10x slower)
+    n = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(n)
+
+
 @pytest.fixture(scope="module")
 def tok():
     return byte_tokenizer()
@@ -58,6 +67,7 @@ def test_rouge_matches_rouge_score_and_hand_value():
 
 def test_same_seed_same_samples_and_rng_untouched(tok, prompts):
     m = tiny_model("llama", seed=0)
+    m.generation_config.top_k = 1  # a checkpoint default that must not leak in (it would make seeds agree)
     torch.manual_seed(123)
     before = torch.get_rng_state()
     a = generate(m, tok, prompts, max_new_tokens=12, seed=7)
@@ -282,5 +292,8 @@ def test_analyze_cli_trains_grid(model_dirs, tmp_path, capsys):
     assert main(args) == 0
     stats = json.loads((out / "analysis.json").read_text())["students"]
     assert list(stats) == ["rkl τ=2"] and (out / "runs" / "rkl_tau2" / "student").is_dir()
+    from okd.eval.runner import student_label
+
+    assert student_label(out / "runs" / "rkl_tau2") == ("rkl τ=2", out / "runs" / "rkl_tau2" / "student")
     assert main(args) == 0  # second time the finished run is reused
     assert "reusing" in capsys.readouterr().err

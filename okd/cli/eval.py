@@ -54,6 +54,8 @@ def register(sub) -> None:
     p.add_argument("--exposure-max-len", type=_positive, default=64, help="ExAccErr curve length in tokens (default 64)")
     p.add_argument("--exposure-length", type=_positive, default=32, help="l of the headline ExAccErr(l) (default 32)")
     p.add_argument("--exposure-prompts", type=_positive, help="use only the first N prompts for exposure bias")
+    p.add_argument("--threads", type=_positive,
+                   help="CPU threads for torch (default: torch's choice); 1 is often much faster on a busy shared CPU")
     p.add_argument("-o", "--output", required=True, metavar="RESULTS.json", help="results file")
     p.add_argument("--no-progress", action="store_true", help="no progress bars")
     p.set_defaults(func=_eval)
@@ -93,6 +95,10 @@ def _eval(args) -> int:
     from okd.eval.report import eval_table
     from okd.eval.runner import run_eval, score_predictions
 
+    if args.threads:
+        import torch
+
+        torch.set_num_threads(args.threads)
     if args.predictions:
         if args.teacher or args.data:
             raise OkdError("--predictions scores existing files; drop --teacher/--data or use --model instead")

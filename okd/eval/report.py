@@ -34,7 +34,8 @@ def eval_table(results: dict) -> str:
     rows = []
     for name, d in datasets.items():
         r = d["rougeL"]
-        row = [name, d["examples"], _mean_std(r), r.get("runs", len(r.get("per_seed", [])) or 1)]
+        greedy = (results.get("settings") or {}).get("greedy")
+        row = [name, d["examples"], _mean_std(r), "greedy" if greedy else r.get("runs", 1)]
         if with_teacher:
             ex, tf = d.get("exposure_bias") or {}, (d.get("teacher_forced") or {}).get("overall") or {}
             agree = tf.get("top1_agreement")

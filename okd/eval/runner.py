@@ -15,7 +15,7 @@ from pathlib import Path
 
 from okd.errors import OkdError
 from okd.eval.rouge import rouge_l_per_example
-from okd.generation import generate, pad_id, eos_ids
+from okd.generation import generate, pad_id
 
 
 def load_model_and_tokenizer(path: str, dtype: str = "float32"):
@@ -98,6 +98,10 @@ def run_eval(model_path: str, data: list[str], output: str | Path, *, teacher_pa
 
     if seeds < 1:
         raise OkdError(f"--seeds must be at least 1, got {seeds}")
+    if not greedy and not temperature > 0:
+        raise OkdError(f"--temperature must be > 0 for sampling (got {temperature}); use --greedy for argmax decoding")
+    if not 0 < top_p <= 1 or top_k < 0:
+        raise OkdError(f"--top-p must be in (0, 1] and --top-k >= 0 (0 = off); got {top_p} and {top_k}")
     if teacher_path is not None and not 1 <= exposure_length <= exposure_max_len:
         raise OkdError(f"--exposure-length ({exposure_length}) must be between 1 and --exposure-max-len "
                        f"({exposure_max_len})")

@@ -1,45 +1,46 @@
 """MiniLLM (Gu et al., ICLR 2024, arXiv 2306.08543): policy gradient on the sequence-level reverse KL.
 
-Objective (paper Eq. 1): θ = argmin KL(q_θ ‖ p) = −E_{x, y~q_θ} log p(y|x)/q_θ(y|x). Its gradient
-(Eq. 2) with per-token rewards r_t = log p(y_t | y<t, x) − log q_θ(y_t | y<t, x) is split (§2.2):
+Objective (paper §2.1): θ = argmin KL(q_θ ‖ p) = −E_{x, y~q_θ} log p(y|x)/q_θ(y|x). Its policy
+gradient, with per-token rewards r_t = log p(y_t | y<t, x) − log q_θ(y_t | y<t, x), is optimised
+with the three strategies of §2.2, each named after the paper's paragraph:
 
-  single-step part  (∇L)_Single = −E Σ_t ∇ E_{y_t~q_θ(t)}[r_t] = ∇ E Σ_t KL(q_θ(·|y<t,x) ‖ p(·|y<t,x)),
-                    computed exactly over the vocabulary at every position and differentiated
-                    directly (Eq. 4): low-variance, it carries the one-step signal;
-  long-term part    (∇L)_Long = −E Σ_t R_{t+1} ∇ log q_θ(y_t | y<t, x),  R_{t+1} = Σ_{t'>t} r_t',
-                    with length normalisation (Eq. 5): R^Norm_{t+1} = R_{t+1} / (T − t), the mean of
-                    the rewards after t, so long answers are not favoured; whitened over the batch's
-                    tokens (a baseline, as in the authors' code);
-  teacher-mixed sampling (Eq. 6): responses are sampled from p̃ = α·p + (1−α)·q_θ, α = `method.mix_alpha`
-                    = 0.2, which keeps the student off degenerate text early on; the bias is undone by
-                    importance weights, per token as in the paper's approximation:
-                    w_t = q_θ(y_t|y<t,x) / p̃(y_t|y<t,x);
-  PPO clipping:     the long-term surrogate is −A_t·ρ_t with ρ_t = q_θ(y_t)/q_old(y_t) · w_t(old)
-                    = q_θ(y_t)/p̃(y_t), clipped PPO-style to [1−ε, 1+ε] (ε = `method.clip_eps` = 0.2):
-                    L_pg = mean_t max(−A_t ρ_t, −A_t clip(ρ_t, 1−ε, 1+ε)).
-  Per step: L = mean_t [KL(q_θ‖p)_t + L_pg,t]  +  `lm_weight` · CE on `method.lm_data` (Eq. 7's L_PT,
-  a plain-text corpus; optional).
+  Single-Step Decomposition: ∇L = (∇L)_Single + (∇L)_Long with
+      (∇L)_Single = −E Σ_t ∇ E_{y_t~q_θ(t)}[r_t] = ∇ E Σ_t KL(q_θ(·|y<t,x) ‖ p(·|y<t,x)):
+      the exact reverse KL over the vocabulary at every position, differentiated directly
+      (low variance, it carries the one-step signal);
+      (∇L)_Long = −E Σ_t R_{t+1} ∇ log q_θ(y_t | y<t, x),  R_{t+1} = Σ_{t'>t} r_t'.
+  Length Normalization: R_{t+1} is replaced by R^Norm_{t+1} = R_{t+1} / (T − t), the mean of the
+      rewards after t, so that short answers are not favoured; the advantages are then whitened over
+      the batch's tokens (a baseline, as in the authors' code).
+  Teacher-Mixed Sampling: responses are sampled from p̃ = α·p + (1−α)·q_θ (α = `method.mix_alpha`
+      = 0.2), which keeps the student off degenerate text; the bias is corrected by importance
+      weights, per token as the paper approximates them: w_t = q_θ(y_t|y<t,x) / p̃(y_t|y<t,x).
+  PPO-style clipping (§2.3, training algorithm): the long-term surrogate is −A_t·ρ_t with
+      ρ_t = q_θ(y_t)/q_old(y_t) · w_t = q_θ(y_t)/p̃(y_t), clipped to [1−ε, 1+ε] (ε = `method.clip_eps`):
+      L_pg = mean_t max(−A_t ρ_t, −A_t clip(ρ_t, 1−ε, 1+ε)).
+  Per step: L = mean_t [KL(q_θ‖p)_t + L_pg,t]  +  `lm_weight` · L_PT, the language-modelling loss on
+  a plain-text corpus (`method.lm_data`, optional; no L_PT when unset).
 
 Rollouts: every `method.ppo_epochs` steps each micro-batch's prompts are answered afresh by the
 mixed sampler below (a token-by-token loop over both models' KV caches, no gradient, eval mode);
-in the steps between, the same rollouts are trained on again, with q_old fixed at sampling time
-(the ratio ρ then moves away from q_θ/p̃ at sampling, and the clip bites). The reward uses the
-teacher at sampling time (it is frozen). Divergence: reverse KL only, at temperature 1
-(`method.temperature` does not apply); `method.gen_temperature` tempers both models inside p̃
-(the weights use the p̃ actually sampled from, so they stay exact); `method.top_p` is not used
+in the steps between, the same rollouts are trained on again with p̃(y_t) fixed at sampling time,
+so ρ_t = q_θ/p̃ drifts as q_θ moves and the clip bites. Rewards use q and p at sampling time (the
+teacher is frozen). Divergence: reverse KL only, at temperature 1 (`method.temperature` does not
+apply). `method.gen_temperature` tempers both models inside p̃ (the weights use the p̃ actually
+sampled from, so they stay exact; 0 is read as 1, MiniLLM must sample); `method.top_p` is not used
 (a truncated p̃ would break the weights).
 
-Choices of the authors' code that the paper does not state, kept: whitened advantages and an
-unweighted single-step term. Differences: no discount (γ = 1, the paper's R) and R_{t+1} excludes
-r_t (the single-step term covers it; their code adds r_t again); LM loss is plain CE (their pt_loss
-also mixes in word-level KD). The paper starts MiniLLM from a student fine-tuned on the data (SFT),
-and so should you: train `method.name=sft` first and pass its `student/` as student.path.
+Kept from the authors' code though the paper does not state them: whitened advantages and an
+unweighted single-step term. Different from their code: no discount (γ = 1, the paper's R), R_{t+1}
+excludes r_t (the single-step term covers it; their code adds r_t again), and L_PT is plain CE
+(their pt_loss also mixes in word-level KD). The paper starts MiniLLM from a student fine-tuned on
+the data (SFT), and so should you: train `method.name=sft` first and pass its `student/` directory
+as student.path.
 """
 
 from __future__ import annotations
 
 import inspect
-import logging
 import math
 from dataclasses import dataclass
 from pathlib import Path
@@ -51,8 +52,6 @@ from okd.errors import OkdError
 from okd.losses import chunked_pair_loss, token_divergence
 from okd.methods.base import Method, Scored, head, scored_hidden
 from okd.methods.rollout import autocast_for, batch_prompts, build_batch, ce_sum, per_token
-
-log = logging.getLogger(__name__)
 
 
 # ----------------------------------------------------------------------------- sampling from p̃
@@ -139,14 +138,14 @@ def normalised_returns(rewards: list[float]) -> list[float]:
     return out
 
 
-def token_objective(zs, zt, y, old_logq, log_mix, adv, clip_eps: float):
+def token_objective(zs, zt, y, log_mix, adv, clip_eps: float):
     """Per scored token: (single-step KL(q_θ‖p), clipped PPO term) from student/teacher logits.
 
-    zs carries the gradient; zt, old_logq, log_mix and adv are constants.
+    zs carries the gradient; zt, log_mix = log p̃(y) at sampling and adv are constants.
     """
     single = token_divergence("rkl", zs, zt)  # Σ_y q (log q − log p), exact, differentiable in q
     logq = torch.log_softmax(zs.float(), -1).gather(-1, y[:, None]).squeeze(-1)
-    ratio = torch.exp(logq - old_logq) * torch.exp(old_logq - log_mix)  # (q_θ/q_old) · w_t
+    ratio = torch.exp(logq - log_mix)  # (q_θ/q_old)·w_t with w_t = q_old/p̃: q_old cancels
     pg = torch.max(-adv * ratio, -adv * ratio.clamp(1.0 - clip_eps, 1.0 + clip_eps))
     return single, pg
 
@@ -156,7 +155,7 @@ class MiniLLM(Method):
     name = "minillm"
 
     def __post_init__(self):
-        m, tok = self.cfg.method, self.models.tokenizer
+        m = self.cfg.method
         if m.ppo_epochs < 1:
             raise OkdError("method.ppo_epochs must be >= 1")
         self.rollouts: dict[int, dict] = {}  # micro-batch index -> rollout, reused for ppo_epochs steps
@@ -211,8 +210,7 @@ class MiniLLM(Method):
         if scored.any():  # whiten over the batch's tokens (baseline + scale), as the authors' code
             vals = adv[scored]
             adv = torch.where(scored, (adv - vals.mean()) * torch.rsqrt(vals.var(unbiased=False) + 1e-8), 0.0)
-        out.update(old_logq=per_token(log_q, prompts, width, device), log_mix=per_token(log_mix, prompts, width, device),
-                   advantages=adv)
+        out.update(log_mix=per_token(log_mix, prompts, width, device), advantages=adv)
         n_tok = max(1, sum(map(len, rewards)))
         self.metrics.update(reward=sum(map(sum, rewards)) / n_tok,  # −(per-token reverse-KL estimate)
                             mean_response_len=sum(map(len, targets)) / max(1, len(targets)))
@@ -236,14 +234,14 @@ class MiniLLM(Method):
         models, m = self.models, self.cfg.method
         scored = Scored.from_labels(batch["labels"])
         pick = lambda k: batch[k][:, 1:][scored.mask]  # noqa: E731 - per-token constants at scored positions
-        y, old, mix, adv = scored.targets, pick("old_logq"), pick("log_mix"), pick("advantages")
+        y, mix, adv = scored.targets, pick("log_mix"), pick("advantages")
         with torch.no_grad():
             h_t = scored_hidden(models.teacher, batch, scored)
         h_s = scored_hidden(models.student, batch, scored)
         stats = {"single": 0.0, "pg": 0.0}
 
         def fn(zs, zt, idx):  # "labels" are token indices, to reach the per-token constants
-            single, pg = token_objective(zs, zt, y[idx], old[idx], mix[idx], adv[idx], m.clip_eps)
+            single, pg = token_objective(zs, zt, y[idx], mix[idx], adv[idx], m.clip_eps)
             stats["single"] += float(single.detach().sum())
             stats["pg"] += float(pg.detach().sum())
             return single + pg, None

@@ -110,18 +110,12 @@ def sample(model, tokenizer, prompts: list[list[int]], cfg, *, vocab_limit: int,
 
 
 def ce_sum(model, batch: dict, vocab_size: int, chunk_size: int) -> tuple[torch.Tensor, int]:
-    """(Σ CE over the batch's labelled tokens, their count), logits formed chunk by chunk.
-
-    chunked_pair_loss wants a teacher; an expanded zero tensor stands in for its logits at no memory
-    cost (the SFT path in kd.py passes None, which chunked_pair_loss currently rejects).
-    """
+    """(Σ CE over the batch's labelled tokens, their count), logits formed chunk by chunk."""
     from okd.losses import chunked_pair_loss, token_ce
     from okd.methods.base import Scored, head, scored_hidden
 
     scored = Scored.from_labels(batch["labels"])
     h = scored_hidden(model, batch, scored)
-    w = head(model, vocab_size)
-    no_teacher = torch.zeros((), dtype=h.dtype, device=h.device).expand(h.shape[0], w.shape[0])
-    loss, _ = chunked_pair_loss(lambda zs, zt, y: (token_ce(zs, y), None), h, w, no_teacher, None,
-                                labels=scored.targets, chunk_size=chunk_size)
+    loss, _ = chunked_pair_loss(lambda zs, zt, y: (token_ce(zs, y), None), h, head(model, vocab_size),
+                                None, None, labels=scored.targets, chunk_size=chunk_size)
     return loss, len(scored.targets)
