@@ -129,6 +129,20 @@ class OnlineConfig(Section):
             raise ValueError("must be between 0 and 1")
         return v
 
+    @field_validator("rank")
+    @classmethod
+    def _rank(cls, v: int) -> int:
+        if v < 1:
+            raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError("must be > 0")
+        return v
+
 
 class TrainConfig(Section):
     max_steps: int = 100
@@ -151,11 +165,31 @@ class TrainConfig(Section):
     on_nan: Literal["stop", "skip"] = "stop"
     num_workers: int = 0
 
+    @field_validator("mixed_precision", mode="before")
+    @classmethod
+    def _yaml_no(cls, v):
+        return "no" if v is False else v  # YAML reads a bare `no` as false
+
     @field_validator("max_steps", "batch_size", "grad_accum", "log_every", "loss_chunk_size")
     @classmethod
     def _at_least_one(cls, v: int) -> int:
         if v < 1:
             raise ValueError("must be >= 1")
+        return v
+
+    @field_validator("save_every", "eval_every", "keep_checkpoints", "warmup_steps", "num_workers",
+                     "max_grad_norm", "weight_decay", "eval_rouge_limit")
+    @classmethod
+    def _not_negative(cls, v):
+        if v < 0:
+            raise ValueError("must be >= 0")
+        return v
+
+    @field_validator("lr")
+    @classmethod
+    def _positive_lr(cls, v: float) -> float:
+        if not v > 0:
+            raise ValueError("must be > 0")
         return v
 
 
@@ -174,7 +208,8 @@ class Config(Section):
         if m.name == "sft" and m.resolved_teacher != "none":
             raise ValueError("method.teacher: sft trains without a teacher; leave it unset")
         if m.resolved_teacher == "none" and m.name != "sft":
-            raise ValueError(f"method.teacher: method {m.name!r} needs a teacher")
+            raise ValueError(f"method.teacher: method {m.name!r} needs a teacher; leave method.teacher unset "
+                             "(or frozen / online) and set teacher.path")
         return self
 
     def to_yaml(self) -> str:
@@ -212,7 +247,7 @@ def _describe(error: ValidationError) -> str:
     parts = []
     for err in error.errors():
         key = ".".join(str(p) for p in err["loc"])
-        msg = err["msg"]
+        msg = err["msg"].removeprefix("Value error, ")
         if err["type"] == "extra_forbidden":
             msg = "unknown key (check the spelling; see okd train --help for the sections)"
         parts.append(f"config key {key!r}: {msg}" if key else msg)

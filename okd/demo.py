@@ -16,6 +16,8 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
+import torch
+
 from okd.config import build_config
 
 
@@ -26,9 +28,10 @@ class DemoPlan:
     data: str
     template: str
     methods: tuple = ("sft", "fkd", "okd")
-    steps: int = 25
+    steps: int = 40
     batch_size: int = 4
-    max_length: int = 192
+    max_length: int = 256
+    mixed_precision: str = "no"  # bf16 where the CPU multiplies bf16 natively (3-4x faster)
     lr: float = 1e-4
     eval_limit: int = 40
     max_new_tokens: int = 64
@@ -54,7 +57,11 @@ def prepare_real(out: Path) -> DemoPlan:
         _say(f"teacher {nt / 1e6:.1f}M parameters, student {ns / 1e6:.1f}M")
     for split in ("train", "valid", "test"):
         resolve_data_preset("sharegpt", split)
-    return DemoPlan(teacher=str(teacher), student=str(student), data="sharegpt", template="chat")
+    from okd.train.trainer import cpu_has_bf16
+
+    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() or cpu_has_bf16()
+    return DemoPlan(teacher=str(teacher), student=str(student), data="sharegpt", template="chat",
+                    mixed_precision="bf16" if bf16 else "no")
 
 
 def prepare_tiny(out: Path) -> DemoPlan:
@@ -101,6 +108,7 @@ def train_methods(plan: DemoPlan, out: Path) -> dict[str, dict]:
                 f"data.template={plan.template}", f"data.max_length={plan.max_length}", "data.valid_limit=64",
                 f"method.name={name}", f"train.max_steps={plan.steps}", f"train.batch_size={plan.batch_size}",
                 f"train.lr={plan.lr}", f"train.warmup_steps={max(1, plan.steps // 10)}",
+                f"data.train_limit={plan.steps * plan.batch_size}", f"train.mixed_precision={plan.mixed_precision}",
                 f"online.rank={plan.online_rank}", f"online.lora_alpha={plan.online_rank}",
                 f"output_dir={run}",
             ]
@@ -123,8 +131,8 @@ def evaluate_models(plan: DemoPlan, out: Path, models: dict[str, str]) -> dict[s
         if not target.is_file():
             _say(f"evaluating {label} on {plan.eval_limit} held-out prompts")
             run_eval(path, [plan.data], target, split="test", template=plan.template, seeds=1,
-                     max_new_tokens=plan.max_new_tokens, limit=plan.eval_limit, batch_size=16,
-                     log=lambda m: None)
+                     max_new_tokens=plan.max_new_tokens, limit=plan.eval_limit, batch_size=20,
+                     dtype="bfloat16" if plan.mixed_precision == "bf16" else "float32", log=lambda m: None)
         results[label] = json.loads(target.read_text())
     return results
 
@@ -144,7 +152,7 @@ def report(plan: DemoPlan, out: Path, summaries: dict, results: dict) -> str:
     table = markdown_table(["model", "ROUGE-L", "train s", "train tokens/s", "valid CE", "gen tokens/s"], rows)
     lines = [f"# okd demo ({'tiny' if 'tiny' in plan.teacher else 'SmolLM2-135M-Instruct → 8-layer student'})",
              "", f"Budget per method: {plan.steps} steps × batch {plan.batch_size}, max length "
-             f"{plan.max_length}; eval: {plan.eval_limit} held-out prompts, one sampled answer "
+             f"{plan.max_length}, {'bf16 autocast' if plan.mixed_precision == 'bf16' else 'fp32'}; eval: {plan.eval_limit} held-out prompts, one sampled answer "
              f"(temperature 1), {plan.max_new_tokens} new tokens.", "", table, "", "## Sample answers", ""]
     for label, res in results.items():
         d = next(iter(res["datasets"].values()))

@@ -58,15 +58,21 @@ def _quiet_libraries() -> None:
 def main(argv: list[str] | None = None) -> int:
     _quiet_libraries()
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args, extra = parser.parse_known_args(argv)
+    # `okd train -c x.yaml --resume train.lr=1e-4`: overrides after an option are still overrides
+    if extra and isinstance(getattr(args, "overrides", None), list) and not any(e.startswith("-") for e in extra):
+        args.overrides += extra
+    elif extra:
+        parser.error(f"unrecognized arguments: {' '.join(extra)}")
     if not getattr(args, "func", None):
         parser.print_help()
         return 2
     try:
         return int(args.func(args) or 0)
     except OkdError as e:
-        print(f"okd: error: {e}", file=sys.stderr)
-        return 2
+        code = getattr(e, "exit_code", 2)  # 130 for a Ctrl-C that stopped training cleanly
+        print(f"okd: {'error: ' if code == 2 else ''}{e}", file=sys.stderr)
+        return code
     except KeyboardInterrupt:
         print("okd: interrupted", file=sys.stderr)
         return 130

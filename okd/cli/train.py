@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 
 from okd.config import METHODS, load_config
 
@@ -44,5 +45,6 @@ def run(args) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(args.config, args.overrides)
     out = train(cfg, resume=args.resume, progress=not args.quiet)
-    print(f"done: {out}")
+    if os.environ.get("RANK", "0") == "0":  # once, not once per process under accelerate launch
+        print(f"done: {out}")
     return 0

@@ -59,11 +59,22 @@ def load_tokenizer(cfg: ModelConfig):
         kwargs["gguf_file"] = gguf
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
-    except (OSError, ValueError) as e:
-        raise OkdError(f"could not load a tokenizer from {cfg.path!r}: {str(e).splitlines()[0]}") from None
+    except Exception as e:  # noqa: BLE001 - a broken or foreign file raises anything (struct.error, ...)
+        raise OkdError(f"could not load a tokenizer from {cfg.path!r}: {_first_line(e)}; is it a complete "
+                       "model directory or GGUF file?") from None
     if tok.pad_token_id is None:  # decoder-only models often ship without one; pads are masked anyway
         tok.pad_token = tok.eos_token
     return tok
+
+
+def _first_line(e: BaseException) -> str:
+    text = str(e).strip()
+    first = text.splitlines()[0][:300].rstrip(".") if text else ""
+    if isinstance(e, (OSError, ValueError)) and first:
+        return first
+    kind = type(e).__name__
+    kind = f"{type(e).__module__}.{kind}" if kind == "error" else kind  # struct.error, zlib.error, ...
+    return f"{kind}: {first}".rstrip(": ")
 
 
 def load_model(cfg: ModelConfig):
@@ -76,9 +87,8 @@ def load_model(cfg: ModelConfig):
         kwargs["gguf_file"] = gguf
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
-    except (OSError, ValueError, KeyError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OkdError(f"could not load a causal LM from {cfg.path!r}: {first}") from None
+    except Exception as e:  # noqa: BLE001 - a broken or foreign file raises anything (SafetensorError, ...)
+        raise OkdError(f"could not load a causal LM from {cfg.path!r}: {_first_line(e)}") from None
     if gguf:
         # The GGUF loader marks the model quantised; it is plain fp32 now and must save as such.
         model.hf_quantizer = None

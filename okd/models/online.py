@@ -79,7 +79,11 @@ def add_online_module(teacher, cfg: OnlineConfig):
         bias="none",
         task_type="CAUSAL_LM",
     )
-    model = get_peft_model(teacher, lora)
+    try:
+        model = get_peft_model(teacher, lora)
+    except ValueError as e:  # peft: "Target modules {...} not found in the base model"
+        raise OkdError(f"online module: {str(e).splitlines()[0]} (teacher {teacher.config.model_type}); "
+                       "fix online.target_modules, or leave it unset for the query/value projections") from None
     if not any(p.requires_grad for p in model.parameters()):
         raise OkdError(f"online module matched no modules {targets}; set online.target_modules")
     return model

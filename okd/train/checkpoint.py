@@ -20,6 +20,8 @@ import numpy as np
 import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
+from okd.errors import OkdError
+
 PREFIX = "step-"
 
 
@@ -60,45 +62,110 @@ def trainable_state(model) -> dict[str, torch.Tensor]:
     return {n: p.detach().contiguous() for n, p in model.named_parameters() if p.requires_grad}
 
 
+def clean_temporary(root: Path) -> None:
+    """Tidy what an interrupted save left behind: a complete checkpoint moved aside to be replaced
+    (`.tmp-old-step-N`, with no `step-N`) is put back; every other `.tmp-*` directory is removed."""
+    if not root.is_dir():
+        return
+    for p in root.glob(f".tmp-old-{PREFIX}*"):
+        final = root / p.name[len(".tmp-old-"):]
+        if not final.exists() and (p / "state.json").is_file():
+            os.replace(p, final)
+    for p in root.glob(".tmp-*"):
+        shutil.rmtree(p, ignore_errors=True)
+
+
 def save_checkpoint(root: Path, step: int, *, accelerator, student, online, optimizers: dict,
                     schedulers: dict, method_state: dict, state: dict, keep: int = 2) -> Path:
-    """Every rank writes its RNG state; the main process writes the rest and renames into place."""
+    """Every rank writes its RNG state; the main process writes the rest and renames into place.
+
+    If anything fails, the temporary directory is removed and the previous checkpoints are left as
+    they were; an OSError (disk full, no permission) becomes an OkdError saying so.
+    """
     final = root / f"{PREFIX}{step:07d}"
     tmp = root / f".tmp-{PREFIX}{step:07d}"
+    failed: BaseException | None = None
     if accelerator.is_main_process:
-        shutil.rmtree(tmp, ignore_errors=True)
+        root.mkdir(parents=True, exist_ok=True)
+        clean_temporary(root)
         tmp.mkdir(parents=True)
     accelerator.wait_for_everyone()
-    torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    try:
+        torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+    except BaseException as e:  # noqa: BLE001 - reported below, after the ranks meet again
+        failed = e
     accelerator.wait_for_everyone()
-    if accelerator.is_main_process:
-        save_model(student, str(tmp / "student.safetensors"))  # handles tied weights
-        if online is not None:
-            save_file(trainable_state(online), str(tmp / "online.safetensors"))
-        torch.save({"optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                    "schedulers": {k: s.state_dict() for k, s in schedulers.items()}}, tmp / "optim.pt")
-        torch.save(method_state, tmp / "method.pt")
-        (tmp / "state.json").write_text(json.dumps(state, indent=1))  # last: marks it complete
-        if final.exists():
-            shutil.rmtree(final)
-        os.replace(tmp, final)
-        for old in checkpoint_dirs(root)[:-keep] if keep > 0 else []:
-            shutil.rmtree(old, ignore_errors=True)
+    if accelerator.is_main_process and failed is None:
+        try:
+            save_model(student, str(tmp / "student.safetensors"))  # handles tied weights
+            if online is not None:
+                save_file(trainable_state(online), str(tmp / "online.safetensors"))
+            torch.save({"optimizers": {k: o.state_dict() for k, o in optimizers.items()},
+                        "schedulers": {k: s.state_dict() for k, s in schedulers.items()}}, tmp / "optim.pt")
+            torch.save(method_state, tmp / "method.pt")
+            (tmp / "state.json").write_text(json.dumps(state, indent=1))  # last: marks it complete
+            old = None
+            if final.exists():  # the same step again: move the old copy aside, never delete it first
+                old = root / f".tmp-old-{PREFIX}{step:07d}"
+                shutil.rmtree(old, ignore_errors=True)
+                os.replace(final, old)
+            os.replace(tmp, final)
+            if old is not None:
+                shutil.rmtree(old, ignore_errors=True)
+            for stale in checkpoint_dirs(root)[:-keep] if keep > 0 else []:
+                shutil.rmtree(stale, ignore_errors=True)
+        except BaseException as e:  # noqa: BLE001
+            failed = e
+    if failed is not None:
+        if accelerator.is_main_process:
+            shutil.rmtree(tmp, ignore_errors=True)
+        if isinstance(failed, OSError):
+            kept = checkpoint_dirs(root)
+            raise OkdError(f"could not save the checkpoint of step {step} in {str(root)!r} "
+                           f"({failed.strerror or failed}); "
+                           + (f"the previous checkpoint {kept[-1].name} is intact" if kept else "no checkpoint saved")
+                           + " (free disk space or choose another output_dir)") from None
+        raise failed
     accelerator.wait_for_everyone()
     return final
 
 
 def load_checkpoint(path: Path, *, student, online, optimizers: dict, schedulers: dict,
                     rank: int = 0) -> tuple[dict, dict]:
-    """Restore models, optimizers, schedulers and RNG; returns (state, method_state)."""
-    load_model(student, str(path / "student.safetensors"))
+    """Restore models, optimizers, schedulers and RNG; returns (state, method_state).
+
+    A checkpoint that does not fit this run (another model, online module or method) or cannot be
+    read raises an OkdError naming it.
+    """
+    try:
+        return _load(path, student=student, online=online, optimizers=optimizers, schedulers=schedulers, rank=rank)
+    except OkdError:
+        raise
+    except Exception as e:  # noqa: BLE001 - anything here means "this checkpoint does not fit"
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
+        first = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # torch: "Error(s) in ...:\n  Missing key(s) ..."
+        first = first if len(first) <= 240 else first[:240] + "..."
+        raise OkdError(f"checkpoint {str(path)!r} cannot be resumed with this config ({type(e).__name__}: "
+                       f"{first}); resume with the config the run was started with, or start a new "
+                       "output_dir") from None
+
+
+def _load(path: Path, *, student, online, optimizers: dict, schedulers: dict, rank: int) -> tuple[dict, dict]:
+    load_model(student, str(path / "student.safetensors"))  # strict: another student is an error
     if online is not None:
         tensors = load_file(str(path / "online.safetensors"))
         params = dict(online.named_parameters())
+        wanted = {n for n, p in params.items() if p.requires_grad}
+        if set(tensors) != wanted:
+            raise OkdError(f"checkpoint {str(path)!r} holds another online module ({len(tensors)} tensors, this "
+                           f"run has {len(wanted)}); resume with the online.* settings the run was started with")
         with torch.no_grad():
             for name, value in tensors.items():
                 params[name].copy_(value)
     optim = torch.load(path / "optim.pt", weights_only=True)
+    if set(optim["optimizers"]) != set(optimizers):
+        raise OkdError(f"checkpoint {str(path)!r} was written by a run with optimizers {sorted(optim['optimizers'])}, "
+                       f"this one has {sorted(optimizers)} (another method.teacher?); resume with the original config")
     for k, o in optimizers.items():
         o.load_state_dict(optim["optimizers"][k])
     for k, s in schedulers.items():
@@ -109,3 +176,4 @@ def load_checkpoint(path: Path, *, student, online, optimizers: dict, schedulers
     method_state = torch.load(path / "method.pt", weights_only=True)
     state = json.loads((path / "state.json").read_text())
     return state, method_state
+

@@ -10,11 +10,14 @@ a resumed run needs only the position.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import math
 import os
 import resource
+import signal
+import threading
 import time
 from pathlib import Path
 
@@ -22,7 +25,7 @@ import torch
 
 from okd.config import Config
 from okd.errors import OkdError
-from okd.train.checkpoint import checkpoint_dirs, load_checkpoint, save_checkpoint
+from okd.train.checkpoint import checkpoint_dirs, clean_temporary, load_checkpoint, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +38,14 @@ def prepare_output_dir(cfg: Config, resume: bool) -> Path:
     if has_run and not resume:
         raise OkdError(f"output_dir {str(out)!r} already holds a run; pass --resume to continue it or choose "
                        "another output_dir (okd never overwrites a run)")
+    if out.exists() and not out.is_dir():
+        raise OkdError(f"output_dir {str(out)!r} is a file, not a directory; choose another output_dir")
+    if resume and (out / "summary.json").is_file():
+        done = checkpoint_dirs(out / "checkpoints")
+        step = json.loads((done[-1] / "state.json").read_text()).get("step", 0) if done else 0
+        if step >= cfg.train.max_steps:
+            raise OkdError(f"the run in {str(out)!r} is finished (step {step}, train.max_steps={cfg.train.max_steps}); "
+                           "nothing to resume. Raise train.max_steps to train further, or choose another output_dir")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / ".write-test"
@@ -43,6 +54,96 @@ def prepare_output_dir(cfg: Config, resume: bool) -> Path:
     except OSError as e:
         raise OkdError(f"output_dir {str(out)!r} is not writable ({e.strerror}); choose another output_dir") from None
     return out
+
+
+# Keys whose change makes a checkpoint meaningless for the new config (other models, another
+# online module or method): resuming with them changed is an error; any other change is a warning.
+RESUME_FIXED = ("student.path", "student.gguf_file", "student.revision", "teacher.path", "teacher.gguf_file",
+                "teacher.revision", "method.name", "method.teacher", "online.rank", "online.layers",
+                "online.target_modules")
+
+
+def _flat(tree: dict, prefix: str = "") -> dict:
+    out = {}
+    for k, v in tree.items():
+        if isinstance(v, dict):
+            out.update(_flat(v, f"{prefix}{k}."))
+        else:
+            out[f"{prefix}{k}"] = v
+    return out
+
+
+def check_resumed_config(out: Path, cfg: Config) -> list[str]:
+    """Compare the config of the run in `out` with `cfg`; error on RESUME_FIXED keys, warn on others.
+
+    Returns the changed keys. `output_dir` is not compared (the same directory may be spelled
+    differently); `method.teacher` is compared as resolved (unset means the method's default).
+    """
+    import yaml
+    from pydantic import ValidationError
+
+    path = out / "config.yaml"
+    if not path.is_file() or not checkpoint_dirs(out / "checkpoints"):
+        return []  # nothing to continue: the run starts over with this config
+    try:
+        old = Config.model_validate(yaml.safe_load(path.read_text()) or {})
+    except (yaml.YAMLError, ValidationError, TypeError):
+        log.warning("could not read %s to compare it with this config; resuming anyway", path)
+        return []
+    before, after = _flat(old.model_dump(mode="json")), _flat(cfg.model_dump(mode="json"))
+    before["method.teacher"], after["method.teacher"] = old.method.resolved_teacher, cfg.method.resolved_teacher
+    changed = [k for k in after if k != "output_dir" and before.get(k) != after[k]]
+    fixed = [k for k in changed if k in RESUME_FIXED]
+    if fixed:
+        raise OkdError("cannot resume with a changed " + ", ".join(f"{k} ({before.get(k)!r} -> {after[k]!r})" for k in fixed)
+                       + f": the checkpoints in {str(out)!r} belong to the old setting; resume with the original "
+                       "config or choose another output_dir")
+    if changed:
+        log.warning("resuming with a changed config: %s; the result will differ from an uninterrupted run",
+                    ", ".join(f"{k} ({before.get(k)!r} -> {after[k]!r})" for k in changed))
+    return changed
+
+
+GENERATING_METHODS = ("seqkd", "imitkd", "gkd", "distillm", "minillm")
+
+
+def head_modules(model) -> list:
+    """The output layer (and the input embedding when it is tied to it): kept unsharded under FSDP,
+    because okd's chunked losses multiply hidden states by the output weight outside the forward."""
+    from okd.models.loading import causal_lm
+
+    lm = causal_lm(model)
+    out, inp = lm.get_output_embeddings(), lm.get_input_embeddings()
+    return [out] + ([inp] if inp is not None and inp.weight is out.weight else [])
+
+
+def unsharded_head_params(model) -> list:
+    seen: dict[int, torch.nn.Parameter] = {}
+    for m in head_modules(model):
+        for p in m.parameters():
+            if p.requires_grad:
+                seen.setdefault(id(p), p)
+    return list(seen.values())
+
+
+def check_distributed(cfg: Config, distributed_type, fsdp_version: int = 1) -> None:
+    """Refuse the combinations the trainer cannot run correctly (docs/scale.md says why)."""
+    kind = getattr(distributed_type, "value", str(distributed_type))
+    if kind == "DEEPSPEED":
+        raise OkdError("DeepSpeed is not supported by okd train yet (its engine steps the optimizer inside "
+                       "backward, and ZeRO-3 partitions the output layer that okd's chunked losses read after "
+                       "the forward); shard student and teacher with FSDP instead: configs/accelerate/fsdp.yaml")
+    if kind == "FSDP":
+        if (fsdp_version or 1) != 1:
+            raise OkdError(f"FSDP version {fsdp_version} is not supported by okd train (the frozen teacher is sharded "
+                           "on its own, which accelerate allows with FSDP1 only); set fsdp_version: 1 as in "
+                           "configs/accelerate/fsdp.yaml")
+        if cfg.method.name in GENERATING_METHODS:
+            raise OkdError(f"method {cfg.method.name!r} generates text with the bare model, whose weights FSDP "
+                           "shards; run it with DDP (configs/accelerate/ddp.yaml)")
+        if cfg.train.eval_rouge:
+            raise OkdError("train.eval_rouge samples answers with the bare student, whose weights FSDP shards; "
+                           "set train.eval_rouge=false and run okd eval on the saved student")
 
 
 def mixed_precision(cfg: Config) -> str:
@@ -100,7 +201,7 @@ def load_split(cfg: Config, source: str, split: str, tokenizer, limit: int | Non
 def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     """Run one training job; returns the output directory (see DESIGN.md §4 for its layout)."""
     from accelerate import Accelerator
-    from accelerate.utils import set_seed
+    from accelerate.utils import DistributedType, set_seed
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
 
@@ -122,7 +223,18 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
                               project_dir=str(out))
     main = accelerator.is_main_process
     progress = progress and main
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched > 1 and accelerator.num_processes == 1:
+        raise OkdError(f"launched as {launched} processes, but they did not join one distributed run (each would "
+                       "train alone and overwrite the others' output_dir); on a machine without GPUs set "
+                       "ACCELERATE_USE_CPU=1 (see docs/scale.md)")
+    sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    check_distributed(cfg, accelerator.distributed_type,
+                      getattr(getattr(accelerator.state, "fsdp_plugin", None), "fsdp_version", 1))
     set_seed(tc.seed)
+    if resume:
+        check_resumed_config(out, cfg)
+    accelerator.wait_for_everyone()  # every rank has read the old config.yaml before it is replaced
     if main:
         (out / "config.yaml").write_text(cfg.to_yaml())
 
@@ -145,6 +257,10 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     if cfg.data.valid:
         valid_examples, valid_features, _ = load_split(cfg, cfg.data.valid, "valid", tokenizer,
                                                        cfg.data.valid_limit, False)
+    if data_stats.get("truncated_response", 0) >= len(features):
+        # nothing would be learnt as written (every answer loses its end and its EOS): a wrong setting
+        raise OkdError(f"every training example is longer than data.max_length={cfg.data.max_length} even after "
+                       f"cutting its prompt: all {len(features)} responses would be cut short; raise data.max_length")
     if data_stats.get("truncated_prompt") or data_stats.get("truncated_response"):
         log.warning("data.max_length=%d: %d prompts cut from the left, %d responses cut", cfg.data.max_length,
                     data_stats.get("truncated_prompt", 0), data_stats.get("truncated_response", 0))
@@ -159,11 +275,19 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
         optimizers["online"] = adamw(teacher.parameters(), cfg.online.lr, cfg.online.weight_decay)
     schedulers = {k: get_linear_schedule_with_warmup(o, tc.warmup_steps, tc.max_steps) for k, o in optimizers.items()}
 
+    fsdp = accelerator.distributed_type == DistributedType.FSDP
+    unsharded = unsharded_head_params(student) if fsdp else []  # their gradients are averaged by okd
+    if fsdp:  # FSDP leaves the output layer whole: the chunked losses read it after the forward
+        accelerator.state.fsdp_plugin.ignored_modules = head_modules(student)
     student, optimizers["student"] = accelerator.prepare(student, optimizers["student"])
+    if fsdp and teacher is not None:
+        accelerator.state.fsdp_plugin.ignored_modules = head_modules(teacher)
     if mode == "online":
         teacher, optimizers["online"] = accelerator.prepare(teacher, optimizers["online"])
     elif teacher is not None:
-        teacher = teacher.to(accelerator.device)
+        # the frozen teacher: placed on the device (DDP: no wrapper, it has nothing to train), sharded
+        # like the student under FSDP
+        teacher = accelerator.prepare_model(teacher) if sharded else teacher.to(accelerator.device)
     if teacher is not None:
         teacher.eval()  # no dropout in the teacher; LoRA dropout (online.dropout) is not applied
     method = build_method(cfg, Models(student=student, teacher=teacher, tokenizer=tokenizer, vocab_size=vocab))
@@ -173,17 +297,25 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     state = {"step": 0, "position": 0, "tokens": 0, "generated_tokens": 0, "elapsed_s": 0.0, "skipped": 0}
     ckpt_root = out / "checkpoints"
     unwrap = accelerator.unwrap_model
+    if main:
+        clean_temporary(ckpt_root)  # what a kill in the middle of a save left behind
+    accelerator.wait_for_everyone()
     if resume and checkpoint_dirs(ckpt_root):
         last = checkpoint_dirs(ckpt_root)[-1]
+        if sharded:
+            raise OkdError(f"resuming is not supported under {accelerator.distributed_type.value} yet (checkpoints "
+                           "are written by single-process and DDP runs only); see docs/scale.md")
         state, method_state = load_checkpoint(last, student=unwrap(student),
                                               online=unwrap(teacher) if mode == "online" else None,
                                               optimizers=optimizers, schedulers=schedulers,
                                               rank=accelerator.process_index)
         method.load_state_dict(method_state)
-        _truncate_metrics(out / "metrics.jsonl", state["step"])
         log.info("resumed from %s (step %d)", last, state["step"])
     elif resume:
         log.info("no checkpoint in %s; starting from scratch", ckpt_root)
+    if main:  # drop records logged after the checkpoint (or by a run killed before its first one)
+        _truncate_metrics(out / "metrics.jsonl", state["step"])
+    saved_step = state["step"] if state["step"] else None  # the step of the newest checkpoint on disk
 
     if method.validate_at_start and valid_features and state["step"] == 0:
         method.on_validation(evaluate(cfg, method, valid_features, collate, accelerator))  # e.g. distillm's reference loss
@@ -200,10 +332,20 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
         return {k: v.to(accelerator.device) for k, v in batch.items()}
 
     def checkpoint():
+        nonlocal saved_step
+        if saved_step == state["step"]:
+            return  # already on disk (e.g. Ctrl-C right after a periodic save)
+        if sharded:
+            if saved_step is None:
+                log.warning("no resumable checkpoints under %s (single-process and DDP runs only); the final "
+                            "student/ is still written", accelerator.distributed_type.value)
+            saved_step = state["step"]
+            return
         save_checkpoint(ckpt_root, state["step"], accelerator=accelerator, student=unwrap(student),
                         online=unwrap(teacher) if mode == "online" else None, optimizers=optimizers,
                         schedulers=schedulers, method_state=method.state_dict(), state=state,
                         keep=tc.keep_checkpoints)
+        saved_step = state["step"]
 
     metrics_file = open(out / "metrics.jsonl", "a") if main else None
     bar = tqdm(total=tc.max_steps, initial=state["step"], desc=f"okd train [{cfg.method.name}]",
@@ -211,54 +353,84 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     start = time.perf_counter() - state["elapsed_s"]
     window_t, window_tokens = time.perf_counter(), 0
     final: dict = {}
+    interrupt = GracefulInterrupt()
+    bad_in_a_row = 0
     try:
+        interrupt.install()
         while state["step"] < tc.max_steps:
             step = state["step"]
             batches = [method.prepare(micro_batch(state["position"] + i), step) for i in range(tc.grad_accum)]
             # normalise by the scored tokens of the whole step on all processes; DDP averages the
             # gradients over processes, hence the factor `world` folded into the norm
-            scored = torch.tensor(sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches),
+            # (one all-reduce also sums the step's tokens and generated tokens over the processes)
+            counts = torch.tensor([sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches),
+                                   sum(int(b["attention_mask"].sum()) for b in batches),
+                                   method.metrics.pop("generated_tokens", 0)],
                                   device=accelerator.device, dtype=torch.float64)
-            norm = max(accelerator.reduce(scored, "sum").item(), 1.0) / world
+            scored, tokens, generated = (int(x) for x in accelerator.reduce(counts, "sum").tolist())
+            norm = max(scored, 1) / world
             totals: dict[str, float] = {}
-            for b in batches:
-                with accelerator.autocast():
-                    losses = method.losses(b, norm)
-                accelerator.backward(sum(losses.values()))
+            ddp_models = [m for m in (student, teacher if mode == "online" else None) if m is not None]
+            for i, b in enumerate(batches):
+                with contextlib.ExitStack() as no_sync:
+                    if i < len(batches) - 1:  # all-reduce the gradients once per step, not per micro-batch
+                        for m in ddp_models:
+                            no_sync.enter_context(accelerator.no_sync(m))
+                    with accelerator.autocast():
+                        losses = method.losses(b, norm)
+                    accelerator.backward(sum(losses.values()))
                 for k, v in losses.items():
                     totals[k] = totals.get(k, 0.0) + v.detach().float().item()
             state["position"] += tc.grad_accum
-            if not all(math.isfinite(v) for v in totals.values()):
+            for p in unsharded:  # FSDP does not average what it does not shard (DDP semantics: mean)
+                if p.grad is not None:
+                    p.grad = accelerator.reduce(p.grad, "mean")
+            grad_norms = {}
+            if tc.max_grad_norm > 0:  # clip both before stepping either, so a bad step changes nothing
+                for key in optimizers:
+                    # all parameters (frozen ones have no grad): accelerate then recognises an FSDP model
+                    # and clips by the norm over all shards
+                    params = list((teacher if key == "online" else student).parameters())
+                    grad_norms[key] = float(accelerator.clip_grad_norm_(params, tc.max_grad_norm))
+            values = {**{f"loss_{k}": v for k, v in totals.items()}, **{f"grad_norm_{k}": v for k, v in grad_norms.items()}}
+            what = ", ".join(f"{k}={v}" for k, v in values.items() if not math.isfinite(v))
+            if world > 1:  # every process takes the same decision
+                flag = accelerator.reduce(torch.tensor(float(bool(what)), device=accelerator.device), "sum")
+                what = what or ("loss on another process" if flag.item() else "")
+            if what:
                 for o in optimizers.values():
                     o.zero_grad(set_to_none=True)
-                if tc.on_nan == "skip":
+                bad_in_a_row += 1
+                if tc.on_nan == "skip" and bad_in_a_row < MAX_BAD_IN_A_ROW:
                     state["skipped"] += 1
-                    log.warning("non-finite loss at step %d skipped (%d so far)", step + 1, state["skipped"])
+                    log.warning("non-finite %s at step %d: batch skipped (%d so far)", what, step + 1, state["skipped"])
                     continue
                 kept = checkpoint_dirs(ckpt_root)
-                raise OkdError(f"loss became {totals} at step {step + 1}; "
+                raise OkdError(f"non-finite {what} at step {step + 1}"
+                               + (f" ({bad_in_a_row} batches in a row)" if bad_in_a_row > 1 else "")
+                               + "; training stopped, "
                                + (f"last good checkpoint kept at {kept[-1]}" if kept else "no checkpoint was saved")
-                               + " (lower train.lr, or set train.on_nan=skip)")
-            grad_norms = {}
+                               + " (lower train.lr, check the data, or set train.on_nan=skip)")
+            bad_in_a_row = 0
             for key in ("online", "student"):  # module first, then the student (Algorithm 1)
                 if key not in optimizers:
                     continue
-                model = teacher if key == "online" else student
-                if tc.max_grad_norm > 0:
-                    params = [p for p in model.parameters() if p.requires_grad]
-                    grad_norms[key] = float(accelerator.clip_grad_norm_(params, tc.max_grad_norm))
                 optimizers[key].step()
                 schedulers[key].step()
                 optimizers[key].zero_grad(set_to_none=True)
-            tokens = sum(int(b["attention_mask"].sum()) for b in batches) * world
             state["tokens"] += tokens
-            state["generated_tokens"] += method.metrics.pop("generated_tokens", 0) * world
+            state["generated_tokens"] += generated
             state["step"] = step = step + 1
             state["elapsed_s"] = time.perf_counter() - start
             window_tokens += tokens
             bar.update(1)
 
             if step % tc.log_every == 0 or step == tc.max_steps:
+                if world > 1:  # each process holds its share (normalised by the global count): the mean
+                    keys = sorted(totals)  # over processes is the loss of the whole global batch
+                    means = accelerator.reduce(torch.tensor([totals[k] for k in keys], device=accelerator.device,
+                                                            dtype=torch.float64), "mean")
+                    totals = dict(zip(keys, means.tolist()))
                 now = time.perf_counter()
                 tps = window_tokens / max(now - window_t, 1e-9)
                 window_t, window_tokens = now, 0
@@ -285,15 +457,25 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
                 bar.set_postfix(loss=f"{totals['student']:.4f}", tok_s=f"{tps:.0f}")
             if tc.save_every and step % tc.save_every == 0 and step != tc.max_steps:
                 checkpoint()
-    except KeyboardInterrupt:
-        bar.close()
-        checkpoint()
-        raise OkdError(f"interrupted at step {state['step']}; checkpoint saved, continue with --resume") from None
+            if interrupt.requested(accelerator) and step < tc.max_steps:
+                checkpoint()
+                if sharded:
+                    raise TrainingInterrupted(f"interrupted at step {step} of {tc.max_steps}; no resumable checkpoint "
+                                              f"under {accelerator.distributed_type.value} (docs/scale.md)")
+                raise TrainingInterrupted(f"interrupted at step {step} of {tc.max_steps}; checkpoint saved in "
+                                          f"{ckpt_root / f'step-{step:07d}'}; continue with the same command "
+                                          "and --resume")
+    except KeyboardInterrupt:  # a second Ctrl-C, in the middle of a step: nothing consistent to save
+        kept = checkpoint_dirs(ckpt_root)
+        raise TrainingInterrupted(f"interrupted twice at step {state['step']}, without saving; "
+                                  + (f"the last checkpoint is {kept[-1]} (continue with --resume)" if kept
+                                     else "no checkpoint was saved")) from None
     finally:
+        interrupt.uninstall()
         bar.close()
+        if main:
+            metrics_file.close()
 
-    if main:
-        metrics_file.close()
     checkpoint()
     save_outputs(out, accelerator, student, teacher if mode == "online" else None, tokenizer)
     summary = {
@@ -317,6 +499,45 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
     accelerator.end_training()
     return out
+
+
+MAX_BAD_IN_A_ROW = 20  # train.on_nan=skip gives up after this many non-finite batches in a row
+
+
+class TrainingInterrupted(OkdError):
+    """Ctrl-C: the run stopped at a step boundary (checkpoint saved) or, on a second Ctrl-C, at once."""
+
+    exit_code = 130
+
+
+class GracefulInterrupt:
+    """A first SIGINT only sets a flag, which the loop checks between steps (then saves and stops);
+    a second one raises KeyboardInterrupt at once. Only installed from the main thread."""
+
+    def __init__(self):
+        self.flag, self.previous = False, None
+
+    def _handle(self, signum, frame):
+        if self.flag:
+            raise KeyboardInterrupt
+        self.flag = True
+        log.warning("interrupt: finishing this step and saving a checkpoint (Ctrl-C again to stop at once)")
+
+    def install(self) -> None:
+        if threading.current_thread() is threading.main_thread():
+            self.previous = signal.signal(signal.SIGINT, self._handle)
+
+    def uninstall(self) -> None:
+        if self.previous is not None:
+            signal.signal(signal.SIGINT, self.previous)
+            self.previous = None
+
+    def requested(self, accelerator) -> bool:
+        """Whether any process was interrupted (all processes agree, so they stop at the same step)."""
+        if accelerator.num_processes == 1:
+            return self.flag
+        flag = torch.tensor(float(self.flag), device=accelerator.device)
+        return bool(accelerator.reduce(flag, "sum").item())
 
 
 def _truncate_metrics(path: Path, step: int) -> None:
@@ -343,11 +564,17 @@ def evaluate(cfg: Config, method, valid_features: list, collate, accelerator) ->
     student = method.models.student
     student.eval()
     total, count = 0.0, 0
-    bs = cfg.train.batch_size
-    for i in range(accelerator.process_index * bs, len(valid_features), bs * accelerator.num_processes):
-        b = {k: v.to(accelerator.device) for k, v in collate(valid_features[i:i + bs]).items()}
+    bs, world = cfg.train.batch_size, accelerator.num_processes
+    # every process runs the same number of forwards (a wrapped model's forward may communicate);
+    # a process past the end repeats the first batch and does not count it
+    for j in range(math.ceil(len(valid_features) / (bs * world))):
+        i = (j * world + accelerator.process_index) * bs
+        chunk = valid_features[i:i + bs]
+        b = {k: v.to(accelerator.device) for k, v in collate(chunk or valid_features[:bs]).items()}
         with accelerator.autocast():
             logits = student(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
+        if not chunk:
+            continue
         ce = token_ce(logits[:, :-1, :method.models.vocab_size], b["labels"][:, 1:])
         total += float(ce.sum())
         count += int((b["labels"][:, 1:] != -100).sum())
@@ -365,12 +592,22 @@ def evaluate(cfg: Config, method, valid_features: list, collate, accelerator) ->
 
 
 def save_outputs(out: Path, accelerator, student, teacher, tokenizer) -> None:
-    """student/ (HF directory + tokenizer, safetensors) and online_module/ (peft adapter)."""
+    """student/ (HF directory + tokenizer, safetensors) and online_module/ (peft adapter).
+
+    Under FSDP/DeepSpeed the parameters are sharded: the full state dicts are gathered first (every
+    process takes part) and the main process writes them.
+    """
+    from accelerate.utils import DistributedType
+
     accelerator.wait_for_everyone()
+    gathered = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
+    s_state = accelerator.get_state_dict(student) if gathered else None
+    t_state = accelerator.get_state_dict(teacher) if gathered and teacher is not None else None
     if not accelerator.is_main_process:
         return
     s = accelerator.unwrap_model(student)
-    s.save_pretrained(out / "student", safe_serialization=True)
+    s.save_pretrained(out / "student", safe_serialization=True, state_dict=s_state)
     tokenizer.save_pretrained(out / "student")
     if teacher is not None:
-        accelerator.unwrap_model(teacher).save_pretrained(out / "online_module", safe_serialization=True)
+        accelerator.unwrap_model(teacher).save_pretrained(out / "online_module", safe_serialization=True,
+                                                          state_dict=t_state)
