@@ -16,8 +16,6 @@ import json
 from dataclasses import dataclass
 from pathlib import Path
 
-import torch
-
 from okd.config import build_config
 
 
@@ -57,9 +55,9 @@ def prepare_real(out: Path) -> DemoPlan:
         _say(f"teacher {nt / 1e6:.1f}M parameters, student {ns / 1e6:.1f}M")
     for split in ("train", "valid", "test"):
         resolve_data_preset("sharegpt", split)
-    from okd.train.trainer import cpu_has_bf16
+    from okd.train.precision import bf16_is_fast
 
-    bf16 = torch.cuda.is_available() and torch.cuda.is_bf16_supported() or cpu_has_bf16()
+    bf16 = bf16_is_fast()
     return DemoPlan(teacher=str(teacher), student=str(student), data="sharegpt", template="chat",
                     mixed_precision="bf16" if bf16 else "no")
 
@@ -91,7 +89,7 @@ def prepare_tiny(out: Path) -> DemoPlan:
                                 "train.lr=3e-3", "train.warmup_steps=10", f"output_dir={teacher_run}"]),
               resume=True)
     return DemoPlan(teacher=str(teacher_run / "student"), student=str(student), data=str(data),
-                    template="alpaca", steps=60, batch_size=8, max_length=128, lr=2e-3, eval_limit=40,
+                    template="alpaca", steps=150, batch_size=16, max_length=128, lr=3e-3, eval_limit=40,
                     max_new_tokens=16, online_rank=8)
 
 

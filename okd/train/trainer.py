@@ -311,8 +311,12 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
                                               rank=accelerator.process_index)
         method.load_state_dict(method_state)
         log.info("resumed from %s (step %d)", last, state["step"])
+        if state.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
+            log.warning("resumed with %d processes, the run had %d: the data order and random streams differ from "
+                        "an uninterrupted run", accelerator.num_processes, state["num_processes"])
     elif resume:
         log.info("no checkpoint in %s; starting from scratch", ckpt_root)
+    state["num_processes"] = accelerator.num_processes
     if main:  # drop records logged after the checkpoint (or by a run killed before its first one)
         _truncate_metrics(out / "metrics.jsonl", state["step"])
     saved_step = state["step"] if state["step"] else None  # the step of the newest checkpoint on disk
@@ -321,6 +325,9 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
         method.on_validation(evaluate(cfg, method, valid_features, collate, accelerator))  # e.g. distillm's reference loss
 
     world, rank = accelerator.num_processes, accelerator.process_index
+    if len(features) < world:
+        raise OkdError(f"{len(features)} training example(s) for {world} processes: every process needs at least one; "
+                       "launch fewer processes or give more data")
     order = BatchOrder([len(f["input_ids"]) for f in features], tc.batch_size * world, tc.seed,
                        cfg.data.group_by_length)
     if tc.trackers:
