@@ -8,10 +8,10 @@ resolved config into the run directory.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, ValidationError, field_validator, model_validator
+from pydantic import AfterValidator, BaseModel, ConfigDict, ValidationError, field_validator, model_validator
 
 from okd.errors import OkdError
 
@@ -32,6 +32,23 @@ METHOD_DEFAULTS: dict[str, tuple[str, str]] = {
     "minillm": ("rkl", "frozen"),
     "okd": ("fkl", "online"),
 }
+
+
+def _rule(ok, message: str) -> AfterValidator:
+    def check(v):
+        if not ok(v):
+            raise ValueError(message)
+        return v
+
+    return AfterValidator(check)
+
+
+# Constrained field types; the messages are what a user sees after "config key 'x.y': ".
+Positive = Annotated[float, _rule(lambda v: v > 0, "must be > 0")]
+Fraction = Annotated[float, _rule(lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")]
+AtLeastOne = Annotated[int, _rule(lambda v: v >= 1, "must be >= 1")]
+NonNegativeInt = Annotated[int, _rule(lambda v: v >= 0, "must be >= 0")]
+NonNegative = Annotated[float, _rule(lambda v: v >= 0, "must be >= 0")]
 
 
 class Section(BaseModel):
@@ -62,12 +79,12 @@ class MethodConfig(Section):
     name: Literal[METHODS] = "okd"  # type: ignore[valid-type]
     divergence: Literal[DIVERGENCES] | None = None  # type: ignore[valid-type]
     teacher: Literal["online", "frozen", "none"] | None = None
-    temperature: float = 1.0
+    temperature: Positive = 1.0
     tau_squared: bool = True  # multiply distribution losses by τ² (Hinton)
-    beta: float = 0.5  # jsd(β)
-    alpha: float = 0.1  # skl/srkl skew
+    beta: Fraction = 0.5  # jsd(β)
+    alpha: Fraction = 0.1  # skl/srkl skew
     ce_weight: float = 0.0  # extra ground-truth CE on the student, for the divergence methods
-    lmbda: float = 0.5  # gkd: probability of a student-generated batch
+    lmbda: Fraction = 0.5  # gkd: probability of a student-generated batch
     # Sampling inside training (imitkd, gkd, distillm, minillm) and for seqkd's teacher outputs.
     max_new_tokens: int = 128
     gen_temperature: float = 1.0
@@ -81,25 +98,11 @@ class MethodConfig(Section):
     replay_step: float = 0.1
     replay_loss_eps: float = 0.1  # raise the probability when valid loss >= reference + this (DistiLLM loss_eps)
     # minillm (arXiv 2306.08543)
-    mix_alpha: float = 0.2
+    mix_alpha: Fraction = 0.2
     clip_eps: float = 0.2
     lm_data: str | None = None  # plain-text file for the optional language-modelling loss
     lm_weight: float = 1.0
     ppo_epochs: int = 1
-
-    @field_validator("temperature")
-    @classmethod
-    def _positive(cls, v: float) -> float:
-        if v <= 0:
-            raise ValueError("must be > 0")
-        return v
-
-    @field_validator("beta", "alpha", "lmbda", "mix_alpha")
-    @classmethod
-    def _unit(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError("must be between 0 and 1")
-        return v
 
     @property
     def resolved_divergence(self) -> str:
@@ -113,84 +116,41 @@ class MethodConfig(Section):
 class OnlineConfig(Section):
     """The OKD online module: LoRA on the teacher's attention query/value projections."""
 
-    rank: int = 32
+    rank: AtLeastOne = 32
     lora_alpha: float = 32.0  # LoRA scale = lora_alpha / rank
     dropout: float = 0.0
     layers: int | list[int] | None = None  # None: every layer; k: the top k layers; list: those
     target_modules: list[str] | None = None  # None: the architecture's query/value projections
-    alpha: float = 0.5  # module loss = α·KL(q‖p′) + (1−α)·CE_teacher
-    lr: float = 1e-4
+    alpha: Fraction = 0.5  # module loss = α·KL(q‖p′) + (1−α)·CE_teacher
+    lr: Positive = 1e-4
     weight_decay: float = 0.0
-
-    @field_validator("alpha")
-    @classmethod
-    def _unit(cls, v: float) -> float:
-        if not 0.0 <= v <= 1.0:
-            raise ValueError("must be between 0 and 1")
-        return v
-
-    @field_validator("rank")
-    @classmethod
-    def _rank(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
-
-    @field_validator("lr")
-    @classmethod
-    def _positive_lr(cls, v: float) -> float:
-        if not v > 0:
-            raise ValueError("must be > 0")
-        return v
 
 
 class TrainConfig(Section):
-    max_steps: int = 100
-    batch_size: int = 8
-    grad_accum: int = 1
-    lr: float = 1e-4
-    weight_decay: float = 0.0
-    warmup_steps: int = 0
-    max_grad_norm: float = 1.0
+    max_steps: AtLeastOne = 100
+    batch_size: AtLeastOne = 8
+    grad_accum: AtLeastOne = 1
+    lr: Positive = 1e-4
+    weight_decay: NonNegative = 0.0
+    warmup_steps: NonNegativeInt = 0
+    max_grad_norm: NonNegative = 1.0
     seed: int = 42
-    save_every: int = 0  # 0: only at the end
-    eval_every: int = 0  # 0: only at the end (when data.valid is set)
+    save_every: NonNegativeInt = 0  # 0: only at the end
+    eval_every: NonNegativeInt = 0  # 0: only at the end (when data.valid is set)
     eval_rouge: bool = False  # also sample answers on data.valid and log ROUGE-L at each eval
-    eval_rouge_limit: int = 32
-    log_every: int = 1
-    keep_checkpoints: int = 2
+    eval_rouge_limit: NonNegativeInt = 32
+    log_every: AtLeastOne = 1
+    keep_checkpoints: NonNegativeInt = 2
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
     trackers: list[Literal["tensorboard", "wandb"]] = []
-    loss_chunk_size: int = 512  # tokens per loss chunk (benchmarks/bench_losses.py)
+    loss_chunk_size: AtLeastOne = 512  # tokens per loss chunk (benchmarks/bench_losses.py)
     on_nan: Literal["stop", "skip"] = "stop"
-    num_workers: int = 0
+    num_workers: NonNegativeInt = 0
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
     def _yaml_no(cls, v):
         return "no" if v is False else v  # YAML reads a bare `no` as false
-
-    @field_validator("max_steps", "batch_size", "grad_accum", "log_every", "loss_chunk_size")
-    @classmethod
-    def _at_least_one(cls, v: int) -> int:
-        if v < 1:
-            raise ValueError("must be >= 1")
-        return v
-
-    @field_validator("save_every", "eval_every", "keep_checkpoints", "warmup_steps", "num_workers",
-                     "max_grad_norm", "weight_decay", "eval_rouge_limit")
-    @classmethod
-    def _not_negative(cls, v):
-        if v < 0:
-            raise ValueError("must be >= 0")
-        return v
-
-    @field_validator("lr")
-    @classmethod
-    def _positive_lr(cls, v: float) -> float:
-        if not v > 0:
-            raise ValueError("must be > 0")
-        return v
 
 
 class Config(Section):
