@@ -178,3 +178,33 @@ def test_existing_run_is_not_overwritten(base_overrides):
 
     with pytest.raises(OkdError, match="--resume"):
         train(cfg, progress=False)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "qwen2"])
+def test_okd_trains_other_architectures(arch, tiny_data, tmp_path):
+    """GPT-2's fused c_attn (Conv1D, fan_in_fan_out) and Qwen2's q/v projections take the module."""
+    from okd.models.tiny import save_tiny
+
+    t = save_tiny(tmp_path / "t", arch, layers=3, hidden=64, seed=1)
+    s = save_tiny(tmp_path / "s", arch, layers=2, hidden=32, seed=2)
+    out = train(build_config({}, [f"teacher.path={t}", f"student.path={s}", f"data.train={tiny_data}",
+                                  "method.name=okd", "online.rank=4", "online.layers=2", "train.max_steps=2",
+                                  "train.batch_size=4", "data.max_length=96", f"output_dir={tmp_path / 'run'}"]),
+                progress=False)
+    import json as _json
+
+    cfg = _json.loads((out / "online_module" / "adapter_config.json").read_text())
+    assert cfg["layers_to_transform"] == [1, 2]
+    assert set(cfg["target_modules"]) == ({"c_attn"} if arch == "gpt2" else {"q_proj", "v_proj"})
+
+
+@pytest.mark.slow
+def test_tiny_demo_end_to_end(tmp_path, capsys):
+    """`okd demo --tiny`: teacher fine-tuned, three methods trained, five models evaluated, report."""
+    from okd.demo import run_demo
+
+    out = run_demo(tmp_path, tiny=True, steps=20, eval_limit=8)
+    report = (out / "report.md").read_text()
+    for label in ("teacher", "student (untrained)", "sft", "fkd", "okd"):
+        assert f"| {label} |" in report
+    assert "ROUGE-L" in capsys.readouterr().out
