@@ -136,6 +136,7 @@ class GridSpec(_Section):
     eval: EvalSpec | None = None
     threads: int | None = None
     isolate: bool = True  # train each run in its own process (per-run peak memory)
+    keep_checkpoints: bool = True  # false: delete a run's checkpoints/ once it is complete (student/ stays)
     title: str | None = None
 
 
@@ -234,6 +235,11 @@ def _slug(text: str) -> str:
     return re.sub(r"[^A-Za-z0-9_.-]+", "-", Path(str(text)).name).strip("-.") or "model"
 
 
+def _init_path(out: Path, init: StudentInit) -> Path:
+    """Where a student initialisation is kept: its `path`, else one folder per (teacher, k, strategy)."""
+    return Path(init.path) if init.path else out / "students" / f"{_slug(init.from_)}-{init.layers}l-{init.strategy}"
+
+
 def plan_grid(tree: dict, *, source: str | None = None, base_dir: Path | None = None) -> Plan:
     """Validate a grid tree and resolve every run's config; raises OkdError naming the bad key."""
     try:
@@ -293,7 +299,8 @@ def plan_grid(tree: dict, *, source: str | None = None, base_dir: Path | None = 
 
     # the base alone must be a valid config (so a typo in base: is reported once, as such)
     base_tree = copy.deepcopy(base)
-    base_init = (base_tree.get("student") or {}).pop("init", None) if isinstance(base_tree.get("student"), dict) else None
+    base_student = base_tree.get("student")
+    base_init = base_student.pop("init", None) if isinstance(base_student, dict) else None
     try:
         build_config(base_tree)
     except OkdError as e:
@@ -322,7 +329,7 @@ def plan_grid(tree: dict, *, source: str | None = None, base_dir: Path | None = 
                 raise OkdError(_describe(e, f"run {r.name!r}: grid key 'student.init'")) from None
             if student.get("path"):
                 raise OkdError(f"run {r.name!r}: set either student.path or student.init, not both")
-            ipath = Path(init.path) if init.path else out / "students" / f"{_slug(init.from_)}-{init.layers}l-{init.strategy}"
+            ipath = _init_path(out, init)
             ikey = (init.from_, init.layers, init.strategy, str(ipath))
             inits.setdefault(ikey, StudentInitPlan(init.from_, init.layers, init.strategy, ipath))
             student["path"] = str(ipath)
@@ -352,8 +359,7 @@ def plan_grid(tree: dict, *, source: str | None = None, base_dir: Path | None = 
             first = StudentInit.model_validate(base_init)
         except ValidationError as e:
             raise OkdError(_describe(e, "grid key 'base.student.init'")) from None
-        student_init_path = str(Path(first.path) if first.path else
-                                out / "students" / f"{_slug(first.from_)}-{first.layers}l-{first.strategy}")
+        student_init_path = str(_init_path(out, first))
     else:
         student_init_path = (spec.base.get("student") or {}).get("path")
     teacher = (spec.base.get("teacher") or {}).get("path")
@@ -667,6 +673,8 @@ def run_compare(grid: str | Path | dict, *, only: list[str] | None = None, dry_r
                 f"[grid elapsed {_fmt_s(time.perf_counter() - t_start)}]")
             t0 = time.perf_counter()
             train_run(r, isolate=spec.isolate, threads=spec.threads, progress=progress)
+            if not spec.keep_checkpoints:
+                shutil.rmtree(r.dir / "checkpoints", ignore_errors=True)  # optimizer states: GBs per run
             s = json.loads((r.dir / "summary.json").read_text())
             log(f"{head}: done in {_fmt_s(time.perf_counter() - t0)} (training {s['wall_clock_s']:.0f} s, "
                 f"{s['tokens_per_s']:.0f} tokens/s, valid CE {s['final_metrics'].get('valid_loss', float('nan')):.3f})")
@@ -787,12 +795,16 @@ def collect_results(plan: Plan) -> list[dict]:
             continue
         metrics = _read_metrics(t.dir / "metrics.jsonl")
         steps = summary.get("steps") or 0
+        elapsed = [m["elapsed_s"] for m in metrics if "elapsed_s" in m]
+        deltas = [b - a for a, b in zip(elapsed, elapsed[1:])]  # step 2 onwards: no warm-up step
         row = {"name": r.name, "kind": "sweep" if r.sweep else "run", "sweep": r.sweep, "sweep_key": None,
                "sweep_value": r.sweep_value, "same_as": r.same_as, "method": r.cfg.method.name,
                "divergence": r.cfg.method.resolved_divergence, "teacher_mode": r.cfg.method.resolved_teacher,
                "overrides": r.overrides, "student_from": r.student_from, "model": str(t.dir / "student"),
                "steps": steps, "train_s": summary.get("wall_clock_s"),
                "s_per_step": summary["wall_clock_s"] / steps if steps else None,
+               # robust to load spikes on a shared machine (and to validation/checkpoint steps)
+               "median_s_per_step": statistics.median(deltas) if deltas else None,
                "tokens_per_s": summary.get("tokens_per_s"), "generated_tokens": summary.get("generated_tokens"),
                "peak_memory_mb": summary.get("peak_memory_mb"), "device": summary.get("device"),
                "valid_loss": (summary.get("final_metrics") or {}).get("valid_loss"),
@@ -820,7 +832,7 @@ def _table(plan: Plan, rows: list[dict], sets: list[str], *, sweep_key: str | No
     from okd.eval.report import markdown_table
 
     xl = plan.spec.eval.exposure.length if plan.spec.eval and plan.spec.eval.exposure else None
-    headers = ["method"] + ([sweep_key] if sweep_key else []) + ["train time (s)", "s / step"]
+    headers = ["method"] + ([sweep_key] if sweep_key else []) + ["train time (s)", "s / step", "median s / step"]
     headers += [f"ROUGE-L {s}" for s in sets] + (["ROUGE-L avg"] if len(sets) > 1 else [])
     if xl:
         headers.append(f"ExAccErr@{xl} (%)")
@@ -832,7 +844,8 @@ def _table(plan: Plan, rows: list[dict], sets: list[str], *, sweep_key: str | No
         if row["kind"] == "reference":
             name = {"teacher": "teacher (reference)", "student_init": "student init (untrained)"}.get(name, name)
         line = [name] + ([format_value(row.get("sweep_value"))] if sweep_key else [])
-        line += [_num(row.get("train_s")), _num(row.get("s_per_step"), "{:.2f}")]
+        line += [_num(row.get("train_s")), _num(row.get("s_per_step"), "{:.2f}"),
+                 _num(row.get("median_s_per_step"), "{:.2f}")]
         line += [_ms((row.get("rougeL") or {}).get(s)) for s in sets]
         if len(sets) > 1:
             line.append(_ms(row.get("rougeL_avg")))
@@ -884,6 +897,9 @@ def plot_curves(rows: list[dict], path: Path) -> Path | None:
             off = offset(r)
             shifted = shifted or off > 0
             pts = [(c["step"] + off, c[key]) for c in r["curve"] if key in c]
+            parent = by_name.get(r.get("student_from") or "")
+            start = [(c["step"] + offset(parent), c[key]) for c in (parent or {}).get("curve", []) if key in c][-1:]
+            pts = start + pts  # a continued run starts where its parent ended
             if pts:
                 xs, ys = zip(*pts)
                 ax.plot(xs, ys, marker="o", ms=3, color=color,
@@ -935,7 +951,7 @@ def plot_time(rows: list[dict], path: Path) -> Path | None:
     colors = ["tab:red" if r["teacher_mode"] == "online" else "tab:blue" if r.get("generated_tokens")
               else "tab:gray" for r in runs][::-1]
     for ax, key, xlabel in ((axes[0], "train_s", "training wall-clock (s)"),
-                            (axes[1], "s_per_step", "time per optimizer step (s / step)")):
+                            (axes[1], "median_s_per_step", "median time per optimizer step (s / step)")):
         vals = [r[key] or 0.0 for r in runs][::-1]
         ax.barh(names, vals, color=colors)
         for y, v in enumerate(vals):
@@ -961,7 +977,7 @@ def plot_rouge(rows: list[dict], sets: list[str], path: Path) -> Path | None:
     if not rows:
         return None
     plt = _plt()
-    fig, ax = plt.subplots(figsize=(max(7, 0.55 * len(rows) * len(sets) + 2), 4.8))
+    fig, ax = plt.subplots(figsize=(min(16, max(7, 0.55 * len(rows) * len(sets) + 2)), 4.8))
     width = 0.8 / max(len(sets), 1)
     for j, (color, s) in enumerate(zip(_colors(len(sets)), sets)):
         means = [(r["rougeL"].get(s) or {}).get("mean", 0.0) for r in rows]
@@ -1045,8 +1061,8 @@ def write_report(plan: Plan) -> dict:
         {"grid": plan.spec.model_dump(mode="json", by_alias=True), "hardware": hw, "rows": rows},
         indent=1, ensure_ascii=False, default=str) + "\n")
     fields = ["name", "kind", "method", "divergence", "teacher_mode", "sweep", "sweep_key", "sweep_value", "same_as",
-              "student_from", "steps", "train_s", "s_per_step", "tokens_per_s", "generated_tokens", "peak_memory_mb",
-              "valid_loss"]
+              "student_from", "steps", "train_s", "s_per_step", "median_s_per_step", "tokens_per_s", "generated_tokens",
+              "peak_memory_mb", "valid_loss"]
     for s in sets:
         fields += [f"rougeL_{s}_mean", f"rougeL_{s}_std"]
     fields += ["rougeL_avg_mean", "rougeL_avg_std", "exacc_err", "exacc_err_length", "top1_agreement", "kl"]
@@ -1078,10 +1094,11 @@ def write_report(plan: Plan) -> dict:
                  f"lr {tc.lr:g}, seed {tc.seed} (unless a run overrides it).")
     if ev is not None:
         s = eval_settings(plan, False)
+        decoding = "greedy" if s["greedy"] else (f"{s['seeds']} sampled answers per prompt "
+                                                 f"(seeds 0..{s['seeds'] - 1}, temperature 1, top-p 1)")
         lines.append(f"Evaluation: {', '.join(s['data'])} ({s['split']} split, first {s['limit'] or 'all'} prompts), "
-                     + ("greedy" if s["greedy"] else f"{s['seeds']} sampled answers per prompt (seeds 0..{s['seeds'] - 1}, "
-                        "temperature 1, top-p 1)") + f", at most {s['max_new_tokens']} new tokens; ROUGE-L ×100, "
-                     "mean ± std over seeds (the avg column: mean over sets, std over per-seed averages).")
+                     f"{decoding}, at most {s['max_new_tokens']} new tokens; ROUGE-L ×100, mean ± std over seeds "
+                     "(the avg column: mean over sets, std over per-seed averages).")
         if ev.exposure is not None:
             xs = eval_settings(plan, True)
             lines.append(f"ExAccErr@{xs['length']}: exposure bias with `{xs['teacher']}` as oracle on the first "

@@ -19,6 +19,7 @@ def _grid(tiny_dirs, tiny_data, out) -> dict:
         "output_dir": str(out),
         "threads": 1,
         "isolate": False,  # in-process: the tests stay fast (the subprocess path is covered by the slow test)
+        "keep_checkpoints": False,
         "base": {
             "teacher": {"path": str(tiny_dirs["teacher"])},
             "student": {"path": str(tiny_dirs["student"])},
@@ -53,19 +54,21 @@ def test_grid_end_to_end(finished):
     tree, out, log = finished
     for name in ("sft", "fkd", "okd"):
         assert (out / "runs" / name / "summary.json").is_file()
+        assert not (out / "runs" / name / "checkpoints").exists()  # keep_checkpoints: false
         assert (out / "eval" / f"{name}.json").is_file()
     assert (out / "eval" / "teacher.json").is_file()
     assert (out / "eval" / "okd.exposure.json").is_file() and not (out / "eval" / "fkd.exposure.json").exists()
     for png in ("valid_curves.png", "exposure.png", "time.png", "rouge.png"):
         assert (out / png).stat().st_size > 1000, png
     report = (out / "report.md").read_text()
-    assert "| method | train time (s) | s / step | ROUGE-L train | ExAccErr@4 (%) |" in report
+    assert "| method | train time (s) | s / step | median s / step | ROUGE-L train | ExAccErr@4 (%) |" in report
     for name in ("teacher (reference)", "| sft |", "| fkd |", "| okd |", "![Training cost](time.png)"):
         assert name in report
     rows = list(csv.DictReader(open(out / "results.csv")))
     assert [r["name"] for r in rows] == ["teacher", "sft", "fkd", "okd"]
     okd = next(r for r in rows if r["name"] == "okd")
     assert float(okd["steps"]) == 2 and float(okd["train_s"]) > 0 and okd["exacc_err_length"] == "4"
+    assert float(okd["median_s_per_step"]) > 0
     assert okd["rougeL_train_std"] != ""  # two seeds: a std
     assert next(r for r in rows if r["name"] == "fkd")["exacc_err"] == ""  # not asked for fkd
     res = json.loads((out / "results.json").read_text())
@@ -107,7 +110,8 @@ def test_sweeps_expand_and_dependencies_order(tiny_dirs, tiny_data, tmp_path):
     tree["runs"].insert(0, {"name": "minillm", "student_from": "sft", "overrides": {"method.name": "minillm"}})
     tree["sweeps"] = [
         {"name": "okd_rank", "base_run": "okd", "key": "online.rank", "values": [2, 4, 8]},
-        {"name": "okd_layers", "base_run": "okd", "key": "online.layers", "values": [None, 1], "labels": ["all", "top1"]},
+        {"name": "okd_layers", "base_run": "okd", "key": "online.layers", "values": [None, 1],
+         "labels": ["all", "top1"]},
     ]
     plan = plan_grid(tree)
     names = [r.name for r in plan.runs]
@@ -143,7 +147,8 @@ def test_student_init_is_planned(tiny_dirs, tiny_data, tmp_path):
     (lambda t: t["runs"][0].update(overides={}), "grid key 'runs.0.overides': unknown key"),
     (lambda t: t["eval"].update(seed=3), "grid key 'eval.seed': unknown key"),
     (lambda t: t["eval"]["exposure"].update(lenght=3), "grid key 'eval.exposure.lenght': unknown key"),
-    (lambda t: t["runs"][1]["overrides"].update({"method.nme": "x"}), "run 'fkd': config key 'method.nme': unknown key"),
+    (lambda t: t["runs"][1]["overrides"].update({"method.nme": "x"}),
+     "run 'fkd': config key 'method.nme': unknown key"),
     (lambda t: t["base"]["train"].update(lrr=1), "grid base: config key 'train.lrr': unknown key"),
     (lambda t: t["runs"][1]["overrides"].update({"train.lr": "fast"}), "run 'fkd': config key 'train.lr'"),
     (lambda t: t.update(sweeps=[{"name": "s", "base_run": "nope", "key": "online.rank", "values": [1]}]),

@@ -11,6 +11,7 @@ grid file (YAML):
   output_dir: runs/compare        runs/<name>/, eval/<name>.json, report.md, results.csv/.json, *.png
   threads: 2                      optional: torch threads (training and evaluation)
   isolate: true                   train each run in its own process (per-run peak memory; default)
+  keep_checkpoints: false         delete each finished run's checkpoints/ (keeps student/ and logs)
   title: ...                      optional report title
   base:                           an `okd train` config tree shared by every run (no output_dir), plus
     student: {init: {from: TEACHER, layers: K, strategy: uniform}}   a depth-pruned student made once
