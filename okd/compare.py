@@ -55,7 +55,7 @@ from typing import Any, Callable, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
-from okd.config import Config, _set_dotted, build_config
+from okd.config import Config, _set_dotted, build_config, read_yaml_mapping
 from okd.errors import OkdError
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
@@ -217,18 +217,7 @@ def _get_dotted(tree: dict, dotted: str) -> Any:
 
 
 def load_grid(path: str | Path) -> dict:
-    path = Path(path)
-    if not path.is_file():
-        raise OkdError(f"grid file {str(path)!r} not found")
-    try:
-        tree = yaml.safe_load(path.read_text()) or {}
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        where = f" line {mark.line + 1}" if mark else ""
-        raise OkdError(f"grid file {str(path)!r}{where} is not valid YAML") from None
-    if not isinstance(tree, dict):
-        raise OkdError(f"grid file {str(path)!r} must hold a mapping (output_dir:, base:, runs:, eval:)")
-    return tree
+    return read_yaml_mapping(path, "grid", "(output_dir:, base:, runs:, eval:)")
 
 
 def _slug(text: str) -> str:

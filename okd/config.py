@@ -225,18 +225,22 @@ def build_config(tree: dict | None = None, overrides: list[str] | None = None) -
         raise OkdError(_describe(e)) from None
 
 
+def read_yaml_mapping(path: str | Path, what: str, expected: str) -> dict:
+    """A YAML file holding a mapping, or one-line errors naming the file (and the line)."""
+    path = Path(path)
+    if not path.is_file():
+        raise OkdError(f"{what} file {str(path)!r} not found")
+    try:
+        tree = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise OkdError(f"{what} file {str(path)!r}{where} is not valid YAML") from None
+    if not isinstance(tree, dict):
+        raise OkdError(f"{what} file {str(path)!r} must hold a mapping {expected}")
+    return tree
+
+
 def load_config(path: str | Path | None, overrides: list[str] | None = None) -> Config:
-    tree: dict = {}
-    if path is not None:
-        path = Path(path)
-        if not path.is_file():
-            raise OkdError(f"config file {str(path)!r} not found")
-        try:
-            tree = yaml.safe_load(path.read_text()) or {}
-        except yaml.YAMLError as e:
-            mark = getattr(e, "problem_mark", None)
-            where = f" line {mark.line + 1}" if mark else ""
-            raise OkdError(f"config file {str(path)!r}{where} is not valid YAML") from None
-        if not isinstance(tree, dict):
-            raise OkdError(f"config file {str(path)!r} must hold a mapping of sections (teacher:, student:, ...)")
+    tree = {} if path is None else read_yaml_mapping(path, "config", "of sections (teacher:, student:, ...)")
     return build_config(tree, overrides)

@@ -19,10 +19,7 @@ from okd.generation import generate, pad_id
 
 
 def load_model_and_tokenizer(path: str, dtype: str = "float32"):
-    """Model (eval mode) and tokenizer from a path, hub id, .gguf or preset.
-
-    TODO(lead): thin on purpose; swap if okd.models.loading grows a one-call loader.
-    """
+    """Model (eval mode) and tokenizer from a path, hub id, .gguf or preset."""
     from okd.config import ModelConfig
     from okd.models.loading import load_model, load_tokenizer
 

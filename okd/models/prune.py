@@ -119,22 +119,19 @@ def init_student(teacher: str | Path, k: int, strategy: str = "uniform",
 
     Returns (out_dir, teacher_params, student_params).
     """
-    from transformers import AutoModelForCausalLM, AutoTokenizer
-
-    from okd.models.presets import resolve_model_preset
+    from okd.config import ModelConfig
+    from okd.models.loading import load_model, load_tokenizer
 
     out_dir = Path(out_dir)
     if (out_dir / "config.json").exists() and not overwrite:
         raise OkdError(f"{out_dir} already holds a model; choose another output directory or "
                        f"overwrite it (--force)")
-    source = resolve_model_preset(str(teacher)) or str(teacher)
+    spec = ModelConfig(path=str(teacher), dtype="auto")  # the shared loader: directory, hub id, .gguf, preset
     try:
-        model = AutoModelForCausalLM.from_pretrained(source, dtype="auto")
-        tokenizer = AutoTokenizer.from_pretrained(source)
-    except (OSError, ValueError) as e:
-        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        raise OkdError(f"cannot load teacher {teacher!r} ({first}); give a model preset "
-                       f"(okd models list) or a Hugging Face model directory") from e
+        model, tokenizer = load_model(spec), load_tokenizer(spec)
+    except OkdError as e:
+        raise OkdError(f"cannot load teacher {teacher!r} ({e}); give a model preset "
+                       f"(okd models list) or a Hugging Face model directory") from None
     keep = select_layers(model.config.num_hidden_layers, k, strategy)
     student = prune_model(model, keep)
     out_dir.mkdir(parents=True, exist_ok=True)
