@@ -11,6 +11,9 @@ latter being less disturbed when other processes share the cores.
 
     python benchmarks/bench_losses.py                       # 8 x 512 tokens, vocab 49,152, hidden 576
     python benchmarks/bench_losses.py --batch 2 --seq 128   # smaller
+    python benchmarks/bench_losses.py --closed-form --batch 2 --seq 384 --threads 1
+        # autograd vs closed-form logit gradients (okd.losses.KDClosedForm), chunked, for the fkd
+        # student loss and for the OKD pair (student + online-module loss, gradients to both sides)
 """
 
 import argparse
@@ -32,7 +35,7 @@ def maxrss_mb():
 def worker(args):
     import torch
 
-    from okd.losses import chunked_kd_loss, token_divergence
+    from okd.losses import KDClosedForm, chunked_kd_loss, chunked_pair_loss, token_ce, token_divergence
 
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -40,12 +43,24 @@ def worker(args):
     n, v, h = args.batch * args.seq, args.vocab, args.hidden
     hs = torch.randn(n, h).requires_grad_()
     ws = (torch.randn(v, h) * h**-0.5).requires_grad_()
-    ht = torch.randn(n, h)
+    ht = torch.randn(n, h).requires_grad_(args.variant.startswith("okd"))
     wt = torch.randn(v, h) * h**-0.5
+    labels = torch.randint(0, v, (n,))
+
+    def okd_autograd(zs, zt, y):  # the OKD pair through autograd (okd.methods.okd's fallback)
+        return (token_divergence("fkl", zs, zt),
+                0.5 * token_divergence("rkl", zs, zt) + 0.5 * token_ce(zt, y))
+
+    pair_fns = {"fkd-autograd": lambda zs, zt, y: (token_divergence("fkl", zs, zt), None),
+                "fkd-closed": KDClosedForm("fkl"), "okd-autograd": okd_autograd,
+                "okd-closed": KDClosedForm("fkl", module_alpha=0.5)}
 
     def step():
-        hs.grad = ws.grad = None
-        if args.variant == "naive":
+        hs.grad = ws.grad = ht.grad = None
+        if args.variant in pair_fns:
+            s, t = chunked_pair_loss(pair_fns[args.variant], hs, ws, ht, wt, labels, chunk_size=args.chunk_size)
+            loss = s if t is None else s + t
+        elif args.variant == "naive":
             zs = hs @ ws.T
             with torch.no_grad():
                 zt = ht @ wt.T
@@ -79,6 +94,9 @@ def main():
     ap.add_argument("--chunk-sizes", default="256,512,1024", help="comma-separated chunk sizes to try")
     ap.add_argument("--repeats", type=int, default=3, help="timed iterations per variant (median reported)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--closed-form", action="store_true",
+                    help="compare autograd and closed-form logit gradients (fkd loss, OKD pair) instead")
+    ap.add_argument("--rounds", type=int, default=3, help="--closed-form: alternating rounds of subprocesses")
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one measurement
     ap.add_argument("--chunk-size", type=int, default=512, help=argparse.SUPPRESS)
     args = ap.parse_args()
@@ -87,6 +105,8 @@ def main():
 
     common = [f"--batch={args.batch}", f"--seq={args.seq}", f"--vocab={args.vocab}", f"--hidden={args.hidden}",
               f"--repeats={args.repeats}", f"--threads={args.threads}"]
+    if args.closed_form:
+        return compare_closed_form(args, common)
     runs = [("naive", None)] + [("chunked", int(c)) for c in args.chunk_sizes.split(",")]
     results = []
     for variant, chunk in runs:
@@ -108,6 +128,38 @@ def main():
         print(f"| {variant} | {chunk or '-'} | {r['peak_mb']:.0f} | {r['peak_mb'] / naive['peak_mb']:.0%} | "
               f"{r['median_s']:.2f} | {r['median_s'] / naive['median_s']:.2f}x | {min(r['times']):.2f} | "
               f"{r['cpu_s']:.2f} | {r['cpu_s'] / naive['cpu_s']:.2f}x | {r['loss']:.2f} |")
+
+
+def compare_closed_form(args, common):
+    variants = ["fkd-autograd", "fkd-closed", "okd-autograd", "okd-closed"]
+    got = {v: {"cpu": [], "wall": [], "peak": [], "loss": None} for v in variants}
+    for r in range(args.rounds):  # alternate, so drifts in machine load hit every variant alike
+        for v in variants:
+            cmd = [sys.executable, __file__, f"--variant={v}", *common, f"--chunk-size={args.chunk_size}"]
+            res = json.loads(subprocess.run(cmd, check=True, capture_output=True, text=True).stdout.strip().splitlines()[-1])
+            got[v]["cpu"].append(res["cpu_s"])
+            got[v]["wall"].append(res["median_s"])
+            got[v]["peak"].append(res["peak_mb"])
+            got[v]["loss"] = res["loss"]
+        print(f"  round {r + 1} done", file=sys.stderr, flush=True)
+    n = args.batch * args.seq
+    print(f"\nchunked loss forward + backward, {n} tokens, vocab {args.vocab}, hidden {args.hidden}, fp32 CPU, "
+          f"threads {args.threads or 'default'}; median over {args.rounds} processes x {args.repeats} repeats\n")
+    print("| loss | gradients | median CPU s | vs autograd | median wall s | extra peak MiB | vs autograd | loss value |")
+    print("|---|---|---|---|---|---|---|---|")
+    rows = []
+    for v in variants:
+        g = got[v]
+        base = got[v.split("-")[0] + "-autograd"]
+        cpu, peak = statistics.median(g["cpu"]), statistics.median(g["peak"])
+        row = dict(variant=v, cpu_s=cpu, wall_s=statistics.median(g["wall"]), peak_mb=peak,
+                   cpu_ratio=cpu / statistics.median(base["cpu"]), peak_ratio=peak / statistics.median(base["peak"]),
+                   loss=g["loss"])
+        rows.append(row)
+        print(f"| {v.split('-')[0]} | {v.split('-')[1]} | {cpu:.3f} | {row['cpu_ratio']:.2f}x | {row['wall_s']:.3f} | "
+              f"{peak:.0f} | {row['peak_ratio']:.2f}x | {g['loss']:.4f} |")
+    out = Path(__file__).parent / "results" / "bench_losses_closed_form.json"
+    out.write_text(json.dumps({"args": vars(args), "rows": rows}, indent=1))
 
 
 if __name__ == "__main__":

@@ -9,6 +9,9 @@ matmul FLOP/s measured in the same run.
     python benchmarks/bench_step.py                       # SmolLM2-135M teacher -> 8-layer student
     python benchmarks/bench_step.py --setup tiny --rounds 2 --steps 4
     python benchmarks/bench_step.py --configs okd:fkd okd:okd --no-trl
+    # GPU, bf16 autocast, SmolLM2-shaped models with random weights (no hub/preset needed there):
+    python benchmarks/bench_step.py --device cuda --precision bf16 --setup smollm2-random \
+        --shape-dir DIR_WITH_SMOLLM2_CONFIG_AND_TOKENIZER --data SHAREGPT_TRAIN.jsonl
 
 TRL is needed only for its rows: `pip install trl` (the Makefile's `bench` target does it).
 """
@@ -62,8 +65,34 @@ def fitting_examples(setup: dict, max_length: int, work: Path, limit: int = 400)
     return str(path)
 
 
-def setup_models(kind: str, work: Path) -> dict:
+def random_models(shape_dir: str, work: Path, student_layers: int = 8) -> tuple[str, str]:
+    """A teacher with shape_dir's config and a student with its first `student_layers` layers' shape,
+    both randomly initialised (step time and FLOPs depend on shapes only), saved with shape_dir's
+    tokenizer. For machines without the SmolLM2 preset (e.g. a GPU box with no network)."""
+    import torch
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    tok = AutoTokenizer.from_pretrained(shape_dir)
+    paths = []
+    for name, layers in (("random-teacher", None), ("random-student", student_layers)):
+        path = work / name
+        cfg = AutoConfig.from_pretrained(shape_dir)
+        if layers:
+            cfg.num_hidden_layers = layers
+        torch.manual_seed(0)
+        AutoModelForCausalLM.from_config(cfg).save_pretrained(path)
+        tok.save_pretrained(path)
+        paths.append(str(path))
+    return paths[0], paths[1]
+
+
+def setup_models(kind: str, work: Path, shape_dir: str | None = None, data: str | None = None) -> dict:
     """Teacher, student and data for the benchmark (cached)."""
+    if kind == "smollm2-random":
+        if not shape_dir or not data:
+            raise SystemExit("--setup smollm2-random needs --shape-dir (config.json + tokenizer) and --data (JSONL)")
+        teacher, student = random_models(shape_dir, work)
+        return {"teacher": teacher, "student": student, "data": data, "template": "chat"}
     if kind == "tiny":
         from okd.models.tiny import save_tiny
 
@@ -115,11 +144,23 @@ def step_flops(kind: str, teacher: dict, student: dict, tokens: float, scored: f
     raise ValueError(kind)
 
 
-def matmul_flops(threads: int, seconds: float = 3.0) -> float:
+def matmul_flops(threads: int, seconds: float = 3.0, device: str = "cpu", precision: str = "fp32") -> float:
     import torch
 
+    if device == "cuda":  # dense bf16 on the GPU: 8192^3 products, timed with events after warm-up
+        a, b = (torch.randn(8192, 8192, device="cuda", dtype=torch.bfloat16) for _ in range(2))
+        for _ in range(5):
+            a @ b
+        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
+        start.record()
+        for _ in range(20):
+            a @ b
+        end.record()
+        torch.cuda.synchronize()
+        return 2 * 8192**3 * 20 / (start.elapsed_time(end) / 1e3)
     torch.set_num_threads(threads)
-    a, b = torch.randn(2048, 2048), torch.randn(2048, 2048)
+    dtype = torch.bfloat16 if precision == "bf16" else torch.float32
+    a, b = torch.randn(2048, 2048, dtype=dtype), torch.randn(2048, 2048, dtype=dtype)
     for _ in range(3):
         a @ b
     n, t0 = 0, time.process_time()  # CPU time, like the steps: robust to a shared machine
@@ -138,16 +179,35 @@ def fixed_batches(args, setup: dict, tok) -> list[dict]:
     n = args.batch_size * (args.steps + args.warmup)
     feats, _ = encode_examples(load_examples(setup["data"], limit=n), tok, setup["template"], args.max_length)
     collate = Collator(tok.pad_token_id)
-    return [collate(feats[i:i + args.batch_size]) for i in range(0, n, args.batch_size)]
+    device = getattr(args, "device", "cpu")
+    return [{k: v.to(device) for k, v in collate(feats[i:i + args.batch_size]).items()}
+            for i in range(0, n, args.batch_size)]
+
+
+def autocast(args):
+    """bf16 mixed precision as okd's trainer runs it (Accelerate's autocast), or nothing."""
+    import contextlib
+
+    import torch
+
+    if getattr(args, "precision", "fp32") == "bf16":
+        return torch.autocast(getattr(args, "device", "cpu"), dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 def timed_steps(step, batches, warmup: int) -> dict:
     """Wall and CPU seconds per step. With one thread, CPU time is what the step costs even when
-    other processes share the machine; wall time is what a user waits on an idle one."""
+    other processes share the machine; wall time is what a user waits on an idle one. On a GPU the
+    device is synchronised around each step and wall time is the figure."""
+    import torch
+
+    sync = torch.cuda.synchronize if batches and batches[0]["input_ids"].is_cuda else (lambda: None)
     wall, cpu = [], []
     for b in batches:
+        sync()
         w0, c0 = time.perf_counter(), time.process_time()
         step(b)
+        sync()
         wall.append(time.perf_counter() - w0)
         cpu.append(time.process_time() - c0)
     return {"wall_s": wall[warmup:], "cpu_s": cpu[warmup:]}
@@ -168,10 +228,11 @@ def worker_okd(args, setup: dict, out: Path) -> dict:
                             f"method.max_new_tokens={args.max_new_tokens}", f"output_dir={out}"]
                       + ([f"online.layers={args.online_layers}"] if args.online_layers else []))
     torch.manual_seed(args.seed)
-    tok, student = load_tokenizer(cfg.student), load_model(cfg.student)
+    device = getattr(args, "device", "cpu")
+    tok, student = load_tokenizer(cfg.student), load_model(cfg.student).to(device)
     teacher = None
     if args.method != "sft":
-        teacher = load_model(cfg.teacher)
+        teacher = load_model(cfg.teacher).to(device)
         teacher = add_online_module(teacher, cfg.online) if args.method == "okd" else teacher.requires_grad_(False)
         teacher.eval()
     student.train()
@@ -182,9 +243,11 @@ def worker_okd(args, setup: dict, out: Path) -> dict:
     generated = []
 
     def step(batch):
-        batch = method.prepare(batch, 0)
-        norm = float((batch["labels"][:, 1:] != -100).sum())
-        sum(method.losses(batch, norm).values()).backward()
+        with autocast(args):
+            batch = method.prepare(batch, 0)
+            norm = float((batch["labels"][:, 1:] != -100).sum())
+            loss = sum(method.losses(batch, norm).values())
+        loss.backward()
         generated.append(method.metrics.pop("generated_tokens", 0))
         for model, opt in opts:
             torch.nn.utils.clip_grad_norm_([p for p in model.parameters() if p.requires_grad], 1.0)
@@ -196,6 +259,17 @@ def worker_okd(args, setup: dict, out: Path) -> dict:
     res["tokens"] = [int(b["attention_mask"].sum()) for b in batches][args.warmup:]
     res["scored"] = [int((b["labels"][:, 1:] != -100).sum()) for b in batches][args.warmup:]
     res["generated_tokens"] = generated[args.warmup:]
+    if getattr(args, "profile", False):  # one more step under the profiler: where the time goes
+        from torch.profiler import ProfilerActivity, profile
+
+        acts = [ProfilerActivity.CPU] + ([ProfilerActivity.CUDA] if device == "cuda" else [])
+        with profile(activities=acts) as prof:
+            step(batches[-1])
+        sort = "self_cuda_time_total" if device == "cuda" else "self_cpu_time_total"
+        (out.parent / "profile.txt").write_text(
+            f"{len(prof.events())} profiler events in one step\n"
+            + prof.key_averages().table(sort_by=sort, row_limit=25)
+            + "\n" + prof.key_averages().table(sort_by="self_cpu_time_total", row_limit=25))
     return res
 
 
@@ -218,11 +292,12 @@ def worker_trl(args, setup: dict, out: Path) -> dict:
     tok = AutoTokenizer.from_pretrained(setup["student"])
     cfg = GKDConfig(output_dir=str(out), per_device_train_batch_size=args.batch_size, learning_rate=1e-5,
                     lmbda=args.lmbda, beta=0.0, temperature=1.0, max_new_tokens=args.max_new_tokens,
-                    max_length=args.max_length, use_cpu=True, bf16=False, report_to="none", save_strategy="no",
+                    max_length=args.max_length, use_cpu=args.device == "cpu", bf16=args.precision == "bf16",
+                    report_to="none", save_strategy="no",
                     seed=args.seed, disable_tqdm=True)
     dummy = Dataset.from_list([{"messages": [{"role": "user", "content": "x"}, {"role": "assistant", "content": "y"}]}])
-    trainer = GKDTrainer(model=AutoModelForCausalLM.from_pretrained(setup["student"]),
-                         teacher_model=AutoModelForCausalLM.from_pretrained(setup["teacher"]),
+    trainer = GKDTrainer(model=AutoModelForCausalLM.from_pretrained(setup["student"]).to(args.device),
+                         teacher_model=AutoModelForCausalLM.from_pretrained(setup["teacher"]).to(args.device),
                          args=cfg, train_dataset=dummy, processing_class=tok)
     model = trainer.model
     model.train()
@@ -234,10 +309,12 @@ def worker_trl(args, setup: dict, out: Path) -> dict:
         prompts = [row[:int((lab == -100).logical_and(m == 1).sum())].tolist()
                    for row, lab, m in zip(batch["input_ids"], batch["labels"], batch["attention_mask"])]
         p = collate_prompts(prompts, tok.pad_token_id)
-        return {**batch, "prompts": p["input_ids"], "prompt_attention_mask": p["attention_mask"]}
+        return {**batch, "prompts": p["input_ids"].to(args.device),
+                "prompt_attention_mask": p["attention_mask"].to(args.device)}
 
     def step(batch):
-        trainer.training_step(model, to_trl(batch))
+        with autocast(args):  # the same bf16 autocast as okd's rows (training_step outside train())
+            trainer.training_step(model, to_trl(batch))
         torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
@@ -260,6 +337,8 @@ def run_worker(args) -> None:
 
     result = (worker_trl if args.impl == "trl" else worker_okd)(args, setup, out / "run")
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
+    if args.device == "cuda":  # device memory is the figure that matters there
+        result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
     (out / "result.json").write_text(json.dumps(result))
 
 
@@ -267,7 +346,14 @@ def run_worker(args) -> None:
 
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0], formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--setup", choices=["smollm2", "tiny"], default="smollm2")
+    p.add_argument("--setup", choices=["smollm2", "tiny", "smollm2-random"], default="smollm2",
+                   help="smollm2: the preset and an 8-layer pruned student; smollm2-random: the same shapes, "
+                        "random weights (needs --shape-dir, --data); tiny: small random llamas")
+    p.add_argument("--shape-dir", help="smollm2-random: a directory with SmolLM2's config.json and tokenizer")
+    p.add_argument("--data", help="smollm2-random: a JSONL dataset (e.g. the sharegpt preset's train.jsonl)")
+    p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
+    p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
+                   help="bf16: autocast around forward and loss, fp32 weights (okd's mixed_precision=bf16)")
     p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
     p.add_argument("--no-trl", action="store_true", help="skip TRL's rows")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds over the configurations")
@@ -280,6 +366,8 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--online-layers", type=int, help="okd: online module on the top k teacher layers only")
     p.add_argument("--output", default="benchmarks/results/bench_step.json")
+    p.add_argument("--profile", action="store_true",
+                   help="okd rows: profile one extra step (torch.profiler); tables copied next to --output")
     # worker mode (internal)
     p.add_argument("--worker", action="store_true", help=argparse.SUPPRESS)
     p.add_argument("--impl", help=argparse.SUPPRESS)
@@ -293,11 +381,14 @@ def main() -> None:
 
     configs = [c for c in args.configs if not (args.no_trl and c.startswith("trl:"))]
     work = Path(tempfile.mkdtemp(prefix="okd-bench-"))
-    setup = setup_models(args.setup, work)
+    setup = setup_models(args.setup, work, args.shape_dir, args.data)
     setup["data"] = fitting_examples(setup, args.max_length, work)
-    peak = matmul_flops(args.threads)
-    print(f"setup {args.setup}: batch {args.batch_size}, max_length {args.max_length}, threads {args.threads}; "
-          f"dense fp32 matmul {peak / 1e9:.1f} GFLOP per CPU-second", flush=True)
+    gpu = args.device == "cuda"
+    peak = matmul_flops(args.threads, device=args.device, precision=args.precision)
+    print(f"setup {args.setup}: batch {args.batch_size}, max_length {args.max_length}, {args.device} {args.precision}, "
+          f"threads {args.threads}; dense {args.precision} matmul {peak / 1e9:.1f} GFLOP/s "
+          f"{'(GPU, 8192^3)' if gpu else 'per CPU-second'}", flush=True)
+    key = "wall_s" if gpu else "cpu_s"  # the figure the medians and ratios use
     results: dict[str, dict] = {c: {"wall_s": [], "cpu_s": [], "tokens": [], "scored": [], "generated": [], "peak_mb": []}
                                 for c in configs}
     for r in range(args.rounds):
@@ -308,7 +399,8 @@ def main() -> None:
                    "--setup-json", json.dumps(setup), "--out", str(out)] + [
                    f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                    if k in ("steps", "warmup", "batch_size", "max_length", "max_new_tokens", "threads", "seed",
-                            "online_layers") and v is not None]
+                            "online_layers", "device", "precision") and v is not None] + (
+                   ["--profile"] if args.profile else [])
             t0 = time.perf_counter()
             proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
                                   env=dict(os.environ, OMP_NUM_THREADS=str(args.threads), TRL_EXPERIMENTAL_SILENCE="1"))
@@ -316,26 +408,31 @@ def main() -> None:
                 print(f"  {name}: failed\n{proc.stderr[-2000:]}", flush=True)
                 continue
             res = json.loads((out / "result.json").read_text())
+            if (out / "profile.txt").exists():
+                dest = Path(args.output).with_name(f"{Path(args.output).stem}-profile-{name.replace(':', '-')}.txt")
+                dest.parent.mkdir(parents=True, exist_ok=True)
+                dest.write_text((out / "profile.txt").read_text())
             for k in ("wall_s", "cpu_s", "tokens", "scored"):
                 results[name][k] += res.get(k, [])
             results[name]["generated"] += res["generated_tokens"] or []
             results[name]["peak_mb"].append(res["peak_mb"])
             print(f"  round {r + 1} {name}: median {statistics.median(res['cpu_s']):.3f} CPU s/step, "
-                  f"{statistics.median(res['wall_s']):.3f} wall s/step ({time.perf_counter() - t0:.0f} s with loading)",
+                  f"{statistics.median(res['wall_s']):.4f} wall s/step ({time.perf_counter() - t0:.0f} s with loading)",
                   flush=True)
 
     pt, ps = param_counts(setup["teacher"]), param_counts(setup["student"])
     rows, med = [], {}
     for name in configs:
         r = results[name]
-        if not r["cpu_s"]:
+        if not r[key]:
             continue
-        med[name] = statistics.median(r["cpu_s"])
+        med[name] = statistics.median(r[key])
         tok = statistics.median(r["tokens"])
         # on-policy steps differ (sample or not): report the mean too
-        row = {"config": name, "cpu_s_per_step": round(med[name], 3), "mean_cpu_s": round(statistics.mean(r["cpu_s"]), 3),
-               "wall_s_per_step": round(statistics.median(r["wall_s"]), 3), "steps": len(r["cpu_s"]),
-               "tokens_per_step": tok, "tokens_per_cpu_s": round(tok / med[name], 1),
+        row = {"config": name, "cpu_s_per_step": round(statistics.median(r["cpu_s"]), 3),
+               "mean_cpu_s": round(statistics.mean(r["cpu_s"]), 3),
+               "wall_s_per_step": round(statistics.median(r["wall_s"]), 4), "steps": len(r[key]),
+               "tokens_per_step": tok, "tokens_per_s": round(tok / med[name], 1),
                "generated_per_step": statistics.median(r["generated"]) if r["generated"] else None,
                "peak_mb": round(max(r["peak_mb"]), 0)}
         method = CONFIGS[name][1]
@@ -349,16 +446,23 @@ def main() -> None:
                  ("trl:gkd-l0.5", "okd:okd"), ("okd:fkd", "okd:sft"), ("okd:gkd", "trl:gkd-l0.5")]:
         if a in med and b in med:
             ratios[f"{a} / {b}"] = round(med[a] / med[b], 3)
+    import platform
+
+    import torch
+
+    machine = torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine()
     report = {"setup": args.setup, "args": {k: v for k, v in vars(args).items() if k not in ("setup_json",)},
+              "machine": machine, "torch": torch.__version__, "timed_by": key,
               "matmul_gflops": round(peak / 1e9, 1), "rows": rows, "ratios": ratios}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=1))
-    print("\n| config | CPU s/step | mean CPU s/step | wall s/step | steps | tokens/step | tokens per CPU s | generated/step "
+    print(f"\nmedians and ratios of {key}; tokens/s = tokens per {'wall' if gpu else 'CPU'} second")
+    print("| config | CPU s/step | mean CPU s/step | wall s/step | steps | tokens/step | tokens/s | generated/step "
           "| peak MB | GFLOP/s | of matmul peak |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         print(f"| {r['config']} | {r['cpu_s_per_step']} | {r['mean_cpu_s']} | {r['wall_s_per_step']} | {r['steps']} | "
-              f"{r['tokens_per_step']} | {r['tokens_per_cpu_s']} | {r['generated_per_step'] if r['generated_per_step'] is not None else '-'} | "
+              f"{r['tokens_per_step']} | {r['tokens_per_s']} | {r['generated_per_step'] if r['generated_per_step'] is not None else '-'} | "
               f"{r['peak_mb']:.0f} | {r.get('achieved_gflops', '-')} | {r.get('fraction_of_matmul_peak', '-')} |")
     print()
     for k, v in ratios.items():

@@ -9,6 +9,7 @@ from hypothesis import strategies as st
 
 from okd.losses import (
     DIVERGENCES,
+    KDClosedForm,
     chunked_kd_loss,
     chunked_pair_loss,
     reduce_tokens,
@@ -466,3 +467,77 @@ def test_chunked_without_teacher():
     assert_rel_close(out, ref)
     for a, b in zip(grads(out, (hs, ws)), grads(ref, (hs, ws))):
         assert_rel_close(a, b)
+
+
+# -----------------------------------------------------------------------------
+# closed-form gradients (KDClosedForm) against autograd of token_divergence / token_ce
+
+def autograd_pair(kind, zs, zt, y, temperature, scale, ce_weight, module_alpha):
+    """The reference: the same objectives through autograd, each loss w.r.t. its own logits."""
+    zs, zt = zs.detach().requires_grad_(), zt.detach().requires_grad_()
+    s = scale * token_divergence(kind, zs, zt.detach(), temperature=temperature)
+    if ce_weight:
+        s = s + ce_weight * token_ce(zs, y)
+    (g_s,) = torch.autograd.grad(s.sum(), zs)
+    if module_alpha is None:
+        return s.detach(), None, g_s, None
+    t = module_alpha * scale * token_divergence("rkl", zs.detach(), zt, temperature=temperature) \
+        + (1 - module_alpha) * token_ce(zt, y)
+    (g_t,) = torch.autograd.grad(t.sum(), zt)
+    return s.detach(), t.detach(), g_s, g_t
+
+
+@pytest.mark.parametrize("kind", KDClosedForm.KINDS)
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+@pytest.mark.parametrize("ce_weight", [0.0, 0.3])
+@pytest.mark.parametrize("module_alpha", [None, 0.4])
+def test_closed_form_matches_autograd(kind, temperature, ce_weight, module_alpha):
+    zs, zt = logits(23, 40, scale=3.0, seed=21), logits(23, 40, scale=3.0, seed=22)
+    y = okd_labels()[:23].clone() % 40  # includes ignored (-100) positions
+    y[::5] = -100
+    fn = KDClosedForm(kind, temperature=temperature, scale=temperature**2, ce_weight=ce_weight,
+                      module_alpha=module_alpha, module_scale=temperature**2)
+    out = fn(zs, zt, y)
+    ref = autograd_pair(kind, zs, zt, y, temperature, temperature**2, ce_weight, module_alpha)
+    for a, b in zip(out, ref):
+        if b is None:
+            assert a is None
+        else:
+            assert a.dtype == torch.float32
+            assert_rel_close(a, b)
+
+
+@pytest.mark.parametrize("kind", KDClosedForm.KINDS)
+def test_closed_form_extreme_logits(kind):
+    # ±1e4 logits and a −inf vocabulary slice shared by both models: finite, equal to autograd
+    zs = logits(4, 30, scale=1.0, seed=13).sign().mul(1e4)
+    zt = logits(4, 30, scale=1.0, seed=14) * 1e4
+    zs[:, -5:] = zt[:, -5:] = -float("inf")
+    y = torch.tensor([0, 3, -100, 7])
+    out = KDClosedForm(kind, module_alpha=0.3)(zs, zt, y)
+    ref = autograd_pair(kind, zs, zt, y, 1.0, 1.0, 0.0, 0.3)
+    for a, b in zip(out, ref):
+        assert torch.isfinite(a).all()
+        torch.testing.assert_close(a, b, rtol=1e-5, atol=1e-5)
+
+
+def test_closed_form_okd_routing_through_chunks():
+    # the OKD pair through chunked_pair_loss: closed form equals the autograd fn, values and all grads
+    hs, ws, ht, wt = make_inputs(seed=23, pad=3, teacher_grad=True)
+    labels = okd_labels()
+    results = []
+    for fn in (okd_fn(alpha=0.4, temperature=1.5),
+               KDClosedForm("fkl", temperature=1.5, module_alpha=0.4)):
+        s, t = chunked_pair_loss(fn, hs, ws, ht, wt, labels, chunk_size=8)
+        results.append((s, t, *grads(s + t, (hs, ws, ht, wt))))
+    for a, b in zip(*results):
+        assert_rel_close(a, b)
+
+
+def test_closed_form_respects_need():
+    zs, zt = logits(5, 12, scale=1.0, seed=24), logits(5, 12, scale=1.0, seed=25)
+    y = torch.arange(5)
+    s, t, g_s, g_t = KDClosedForm("fkl", module_alpha=0.5)(zs, zt, y, need=(False, False))
+    assert g_s is None and g_t is None and s.shape == t.shape == (5,)
+    with pytest.raises(ValueError, match="closed form"):
+        KDClosedForm("jsd")

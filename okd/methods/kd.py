@@ -9,7 +9,7 @@ from __future__ import annotations
 
 import torch
 
-from okd.losses import chunked_pair_loss, token_ce, token_divergence
+from okd.losses import KDClosedForm, chunked_pair_loss, token_ce, token_divergence
 from okd.methods.base import Method, Scored, head, scored_hidden
 
 
@@ -38,6 +38,19 @@ def student_token_loss(method: Method, zs, zt, y):
     return loss
 
 
+def closed_form_loss(method: Method, module_alpha=None):
+    """The same objective (and, with module_alpha, OKD's module loss) with analytic logit gradients,
+    or None where the divergence has no closed form here (then autograd of student_token_loss)."""
+    m = method.cfg.method
+    kind = m.resolved_divergence
+    if kind == "jsd" and m.beta in (0.0, 1.0):  # the endpoints are exactly fkl and rkl (okd.losses)
+        kind = "fkl" if m.beta == 0.0 else "rkl"
+    if kind not in KDClosedForm.KINDS:
+        return None
+    return KDClosedForm(kind, temperature=m.temperature, scale=method.tau2, ce_weight=m.ce_weight,
+                        module_alpha=module_alpha, module_scale=method.tau2)
+
+
 class FrozenTeacherKD(Method):
     name = "kd"
 
@@ -48,7 +61,7 @@ class FrozenTeacherKD(Method):
             h_t = scored_hidden(models.teacher, batch, scored)
         h_s = scored_hidden(models.student, batch, scored)
         loss, _ = chunked_pair_loss(
-            lambda zs, zt, y: (student_token_loss(self, zs, zt, y), None),
+            closed_form_loss(self) or (lambda zs, zt, y: (student_token_loss(self, zs, zt, y), None)),
             h_s, head(models.student, models.vocab_size),
             h_t, head(models.teacher, models.vocab_size).detach(),
             labels=scored.targets, chunk_size=self.cfg.train.loss_chunk_size,

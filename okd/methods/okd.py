@@ -16,13 +16,16 @@ ground-truth batch (no generation):
 Both losses come from the same two forwards: `chunked_pair_loss` evaluates them chunk by chunk over
 the scored tokens and routes each gradient to its own side only, which is what "detached" means
 above. The two graphs share nothing, so one backward of the sum equals two separate backwards.
+For D = fkl/rkl both losses and their logit gradients come in closed form from one log-softmax per
+model (okd.losses.KDClosedForm; `module_token_loss` below is the same formula through autograd,
+used for the other divergences and as the reference in the tests).
 """
 
 from __future__ import annotations
 
 from okd.losses import chunked_pair_loss, token_ce, token_divergence
 from okd.methods.base import Method, Scored, head, scored_hidden
-from okd.methods.kd import student_token_loss
+from okd.methods.kd import closed_form_loss, student_token_loss
 
 
 class OnlineTeacherKD(Method):
@@ -40,7 +43,8 @@ class OnlineTeacherKD(Method):
         h_t = scored_hidden(models.teacher, batch, scored)  # with autograd: the module trains
         h_s = scored_hidden(models.student, batch, scored)
         loss_s, loss_t = chunked_pair_loss(
-            lambda zs, zt, y: (student_token_loss(self, zs, zt, y), self.module_token_loss(zs, zt, y)),
+            closed_form_loss(self, module_alpha=self.cfg.online.alpha)
+            or (lambda zs, zt, y: (student_token_loss(self, zs, zt, y), self.module_token_loss(zs, zt, y))),
             h_s, head(models.student, models.vocab_size),
             h_t, head(models.teacher, models.vocab_size),
             labels=scored.targets, chunk_size=self.cfg.train.loss_chunk_size,
