@@ -336,6 +336,8 @@ def run_worker(args) -> None:
     import resource
 
     result = (worker_trl if args.impl == "trl" else worker_okd)(args, setup, out / "run")
+    # the matmul reference, measured in this process right after its steps (same load, same thread count)
+    result["matmul_flops"] = matmul_flops(args.threads, seconds=2.0, device=args.device, precision=args.precision)
     result["peak_mb"] = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     if args.device == "cuda":  # device memory is the figure that matters there
         result["peak_mb"] = torch.cuda.max_memory_allocated() / 2**20
@@ -391,6 +393,7 @@ def main() -> None:
     key = "wall_s" if gpu else "cpu_s"  # the figure the medians and ratios use
     results: dict[str, dict] = {c: {"wall_s": [], "cpu_s": [], "tokens": [], "scored": [], "generated": [], "peak_mb": []}
                                 for c in configs}
+    peaks = [peak]  # the reference again in every worker: the machine's load drifts during a run
     for r in range(args.rounds):
         for name in configs:
             impl, method, lmbda = CONFIGS[name]
@@ -416,10 +419,12 @@ def main() -> None:
                 results[name][k] += res.get(k, [])
             results[name]["generated"] += res["generated_tokens"] or []
             results[name]["peak_mb"].append(res["peak_mb"])
+            peaks.append(res["matmul_flops"])
             print(f"  round {r + 1} {name}: median {statistics.median(res['cpu_s']):.3f} CPU s/step, "
                   f"{statistics.median(res['wall_s']):.4f} wall s/step ({time.perf_counter() - t0:.0f} s with loading)",
                   flush=True)
 
+    peak = statistics.median(peaks)
     pt, ps = param_counts(setup["teacher"]), param_counts(setup["student"])
     rows, med = [], {}
     for name in configs:
@@ -453,10 +458,12 @@ def main() -> None:
     machine = torch.cuda.get_device_name() if gpu else platform.processor() or platform.machine()
     report = {"setup": args.setup, "args": {k: v for k, v in vars(args).items() if k not in ("setup_json",)},
               "machine": machine, "torch": torch.__version__, "timed_by": key,
-              "matmul_gflops": round(peak / 1e9, 1), "rows": rows, "ratios": ratios}
+              "matmul_gflops": round(peak / 1e9, 1), "matmul_gflops_per_worker": [round(x / 1e9, 1) for x in peaks],
+              "rows": rows, "ratios": ratios}
     Path(args.output).parent.mkdir(parents=True, exist_ok=True)
     Path(args.output).write_text(json.dumps(report, indent=1))
-    print(f"\nmedians and ratios of {key}; tokens/s = tokens per {'wall' if gpu else 'CPU'} second")
+    print(f"\nmedians and ratios of {key}; tokens/s = tokens per {'wall' if gpu else 'CPU'} second; matmul reference "
+          f"{peak / 1e9:.1f} GFLOP/s (median of the driver's and every worker's measurement)")
     print("| config | CPU s/step | mean CPU s/step | wall s/step | steps | tokens/step | tokens/s | generated/step "
           "| peak MB | GFLOP/s | of matmul peak |")
     print("|---|---|---|---|---|---|---|---|---|---|---|")

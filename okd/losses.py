@@ -211,14 +211,14 @@ class KDClosedForm:
         soft_s = None if not self.ce_weight else (q if tau == 1.0 else log_s_student.exp_())
         soft_t = None if not module else (p if tau == 1.0 else log_s_teacher.exp_())
 
-        def masked_sum(a):  # Σ a·d over the vocabulary with 0·log 0 = 0 (mask before summing)
+        def masked_sum(a, d):  # Σ a·d over the vocabulary with 0·log 0 = 0 (mask before summing)
             t = a * d
             return t.masked_fill_(a == 0, 0.0).sum(-1)
 
-        kl_q_p = -masked_sum(q) if (self.kind == "rkl" or module) else None
+        kl_q_p = -masked_sum(q, d) if (self.kind == "rkl" or module) else None
         c = self.scale / tau
         if self.kind == "fkl":
-            s_loss = self.scale * masked_sum(p)
+            s_loss = self.scale * masked_sum(p, d)
         else:
             s_loss = self.scale * kl_q_p
         g_s = g_t = None

@@ -264,7 +264,8 @@ def test_catalogue_is_documented():
     doc = (ROOT / "docs" / "errors.md").read_text()
     ids = [c[0] for c in CASES] + ["existing-run-without-resume", "resume-finished-run", "resume-changed-config",
                                    "checkpoint-of-another-model", "processes-did-not-join", "nan-loss",
-                                   "interrupted", "checkpoint-save-failed", "deepspeed-refused", "fsdp2-refused",
+                                   "interrupted", "checkpoint-save-failed", "deepspeed-generating-method",
+                                   "deepspeed-config-refused", "checkpoint-other-distributed-setting", "fsdp2-refused",
                                    "fsdp-generating-method"]
     missing = [i for i in ids if f"`{i}`" not in doc]
     assert not missing, missing
@@ -272,7 +273,8 @@ def test_catalogue_is_documented():
 
 
 @pytest.mark.parametrize("kind, version, overrides, pattern", [
-    ("DEEPSPEED", 1, [], r"DeepSpeed is not supported by okd train yet .* configs/accelerate/fsdp\.yaml"),
+    ("DEEPSPEED", 1, ["method.name=gkd"],
+     r"method 'gkd' generates text with the bare model, whose weights DeepSpeed ZeRO-3 shards"),
     ("FSDP", 2, [], r"FSDP version 2 is not supported by okd train .* fsdp_version: 1"),
     ("FSDP", 1, ["method.name=gkd"], r"method 'gkd' generates text with the bare model, whose weights FSDP shards"),
     ("FSDP", 1, ["train.eval_rouge=true"], r"train\.eval_rouge samples answers with the bare student"),
@@ -284,7 +286,7 @@ def test_distributed_combinations_refused(kind, version, overrides, pattern):
 
     from okd.config import build_config
     from okd.errors import OkdError
-    from okd.train.trainer import check_distributed
+    from okd.train.sharding import check_distributed
 
     with pytest.raises(OkdError, match=pattern):
         check_distributed(build_config({}, overrides), DistributedType[kind], version)

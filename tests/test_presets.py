@@ -7,7 +7,6 @@ cache; the others run on tiny random models and constructed files under a tempor
 from __future__ import annotations
 
 import json
-import os
 from pathlib import Path
 
 import pytest

@@ -27,23 +27,11 @@ from okd.errors import OkdError
 from okd.train import train
 from okd.train.checkpoint import checkpoint_dirs
 
-ROOT = Path(__file__).resolve().parents[1]
-OUTPUTS = ("student/model.safetensors", "online_module/adapter_model.safetensors")
+from launch import OUTPUTS, ROOT, free_port, launch_env  # noqa: E402
 
 
-def _env(**extra) -> dict:
-    env = dict(os.environ, OMP_NUM_THREADS="1", MKL_NUM_THREADS="1", TOKENIZERS_PARALLELISM="false",
-               HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT), **extra)
-    env.pop("WORLD_SIZE", None)
-    return env
 
 
-def _free_port() -> int:
-    import socket
-
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _okd(*args) -> list[str]:
@@ -85,7 +73,7 @@ def test_sigkill_then_resume_is_bit_exact(method, base_overrides, tmp_path):
     ref = train(build_config({}, common + [f"output_dir={tmp_path / 'ref'}"]), progress=False)
 
     out = tmp_path / "killed"
-    proc = subprocess.Popen(_okd(*common, f"output_dir={out}"), env=_env(), stdout=subprocess.DEVNULL,
+    proc = subprocess.Popen(_okd(*common, f"output_dir={out}"), env=launch_env(), stdout=subprocess.DEVNULL,
                             stderr=subprocess.PIPE)
     deadline = time.time() + 300
     while not list((out / "checkpoints").glob("step-*/state.json")):
@@ -99,7 +87,7 @@ def test_sigkill_then_resume_is_bit_exact(method, base_overrides, tmp_path):
     killed_at = max(int(p.name.split("-")[1]) for p in checkpoint_dirs(out / "checkpoints"))
     assert killed_at < steps
 
-    r = subprocess.run(_okd(*common, f"output_dir={out}", "--resume"), env=_env(), capture_output=True, text=True,
+    r = subprocess.run(_okd(*common, f"output_dir={out}", "--resume"), env=launch_env(), capture_output=True, text=True,
                        timeout=600)
     assert r.returncode == 0, r.stderr[-2000:]
     assert "resumed from" in r.stderr
@@ -223,7 +211,7 @@ def test_sigint_saves_a_checkpoint_and_exits_with_one_line(base_overrides, tmp_p
     out = tmp_path / "run"
     args = [o for o in base_overrides if not o.startswith("output_dir=")] + [
         "method.name=fkd", "train.max_steps=100000", f"output_dir={out}"]
-    proc = subprocess.Popen(_okd(*args), env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(_okd(*args), env=launch_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 300
     while not (out / "metrics.jsonl").is_file() or len((out / "metrics.jsonl").read_text().splitlines()) < 2:
         assert proc.poll() is None, proc.stderr.read()[-2000:]
@@ -330,9 +318,9 @@ def test_accumulation_matches_big_batch_on_uneven_lengths(base_overrides, uneven
 def _launch(config: str, args: list[str], out: Path, timeout: int = 600) -> subprocess.CompletedProcess:
     """`accelerate launch` of two CPU processes joined over gloo, with a config of configs/accelerate."""
     cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file", str(ROOT / "configs" / "accelerate" / config),
-           "--main_process_port", str(_free_port()),
+           "--main_process_port", str(free_port()),
            "-m", "okd", "train", "--quiet", *args, f"output_dir={out}"]
-    r = subprocess.run(cmd, env=_env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=timeout)
+    r = subprocess.run(cmd, env=launch_env(ACCELERATE_USE_CPU="1"), capture_output=True, text=True, timeout=timeout)
     assert r.returncode == 0, r.stderr[-3000:]
     assert json.loads((out / "summary.json").read_text())["num_processes"] == 2
     return r
@@ -379,7 +367,7 @@ from okd.data import Collator, encode_examples, load_examples
 from okd.methods import Models, build_method
 from okd.models.loading import load_model, load_tokenizer
 from okd.models.online import add_online_module
-from okd.train.trainer import head_modules, unsharded_head_params
+from okd.train.sharding import head_modules, unsharded_head_params
 
 torch.set_num_threads(1)
 dist.init_process_group("gloo")
@@ -427,15 +415,15 @@ dist.destroy_process_group()
 def test_fsdp_sharded_student_and_teacher_give_the_big_batch_gradient(base_overrides, tmp_path):
     """accelerate runs FSDP only on accelerators, so this drives torch FSDP (gloo, CPU) directly the
     way okd's trainer asks accelerate to: both models sharded, the output layers left whole
-    (trainer.head_modules) with their gradient averaged (trainer.unsharded_head_params); okd's
+    (sharding.head_modules) with their gradient averaged (sharding.unsharded_head_params); okd's
     chunked losses through the wrapped models give the gradient of one big batch, for the student
     and for the online module."""
     script = tmp_path / "fsdp_check.py"
     script.write_text(FSDP_SCRIPT)
     overrides = [o for o in base_overrides if not o.startswith("output_dir=")] + ["method.name=okd"]
     cmd = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2",
-           "--master_port", str(_free_port()), str(script), json.dumps(overrides)]
-    r = subprocess.run(cmd, env=_env(), capture_output=True, text=True, timeout=600)
+           "--master_port", str(free_port()), str(script), json.dumps(overrides)]
+    r = subprocess.run(cmd, env=launch_env(), capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr[-3000:]
     result = json.loads(r.stdout.strip().splitlines()[-1])
     assert result["sharded"] and result["lora"] > 0

@@ -208,3 +208,13 @@ def test_tiny_demo_end_to_end(tmp_path, capsys):
     for label in ("teacher", "student (untrained)", "sft", "fkd", "okd"):
         assert f"| {label} |" in report
     assert "ROUGE-L" in capsys.readouterr().out
+
+
+def test_runs_with_different_precision_in_one_process(base_overrides, tmp_path):
+    """okd demo trains several models in one process (on a GPU: a bf16 teacher warm-up, then fp32
+    students); accelerate keeps its state per process and used to refuse the second setting."""
+    common = base_overrides + ["method.name=sft", "train.max_steps=1"]
+    for i, mp in enumerate(("no", "bf16", "no")):
+        out = train(build_config({}, common + [f"train.mixed_precision={mp}", f"output_dir={tmp_path / str(i)}"]),
+                    progress=False)
+        assert (out / "summary.json").exists()

@@ -6,6 +6,12 @@ buffers, sampler state), `state.json` (step, data position, counters). Tensors g
 safetensors; the rest loads with `torch.load(weights_only=True)`, so no arbitrary object is ever
 unpickled. A checkpoint is built in a temporary directory and renamed into place, so a crash mid-save
 leaves the previous one intact.
+
+Under FSDP (version 1) the same files hold the full tensors, gathered on the main process
+(`fsdp_gather`, every process takes part): the student and online module as in a DDP run, and each
+optimizer's full state keyed by parameter name (`FSDP.optim_state_dict`), marked `"format": "fsdp"` in
+optim.pt. Loading shards them again (`load_checkpoint(..., fsdp=...)`), also onto another number of
+processes.
 """
 
 from __future__ import annotations
@@ -76,8 +82,11 @@ def clean_temporary(root: Path) -> None:
 
 
 def save_checkpoint(root: Path, step: int, *, accelerator, student, online, optimizers: dict,
-                    schedulers: dict, method_state: dict, state: dict, keep: int = 2) -> Path:
+                    schedulers: dict, method_state: dict, state: dict, keep: int = 2,
+                    gathered: dict | None = None) -> Path:
     """Every rank writes its RNG state; the main process writes the rest and renames into place.
+
+    `gathered` (FSDP): the full states from `fsdp_gather`, written instead of reading the models.
 
     If anything fails, the temporary directory is removed and the previous checkpoints are left as
     they were; an OSError (disk full, no permission) becomes an OkdError saying so.
@@ -97,11 +106,18 @@ def save_checkpoint(root: Path, step: int, *, accelerator, student, online, opti
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and failed is None:
         try:
-            save_model(student, str(tmp / "student.safetensors"))  # handles tied weights
-            if online is not None:
-                save_file(trainable_state(online), str(tmp / "online.safetensors"))
-            torch.save({"optimizers": {k: o.state_dict() for k, o in optimizers.items()},
-                        "schedulers": {k: s.state_dict() for k, s in schedulers.items()}}, tmp / "optim.pt")
+            if gathered is not None:
+                save_file(gathered["student"], str(tmp / "student.safetensors"))
+                if online is not None:
+                    save_file(gathered["online"], str(tmp / "online.safetensors"))
+                optim = {"format": "fsdp", "optimizers": gathered["optimizers"]}
+            else:
+                save_model(student, str(tmp / "student.safetensors"))  # handles tied weights
+                if online is not None:
+                    save_file(trainable_state(online), str(tmp / "online.safetensors"))
+                optim = {"optimizers": {k: o.state_dict() for k, o in optimizers.items()}}
+            optim["schedulers"] = {k: s.state_dict() for k, s in schedulers.items()}
+            torch.save(optim, tmp / "optim.pt")
             torch.save(method_state, tmp / "method.pt")
             (tmp / "state.json").write_text(json.dumps(state, indent=1))  # last: marks it complete
             old = None
@@ -131,14 +147,18 @@ def save_checkpoint(root: Path, step: int, *, accelerator, student, online, opti
 
 
 def load_checkpoint(path: Path, *, student, online, optimizers: dict, schedulers: dict,
-                    rank: int = 0) -> tuple[dict, dict]:
+                    rank: int = 0, fsdp: dict | None = None) -> tuple[dict, dict]:
     """Restore models, optimizers, schedulers and RNG; returns (state, method_state).
+
+    `fsdp` (under FSDP): {"student": wrapped student, "online": wrapped teacher or None}; `student` and
+    `online` are then ignored, and every process takes part.
 
     A checkpoint that does not fit this run (another model, online module or method) or cannot be
     read raises an OkdError naming it.
     """
     try:
-        return _load(path, student=student, online=online, optimizers=optimizers, schedulers=schedulers, rank=rank)
+        return _load(path, student=student, online=online, optimizers=optimizers, schedulers=schedulers, rank=rank,
+                     fsdp=fsdp)
     except OkdError:
         raise
     except Exception as e:  # noqa: BLE001 - anything here means "this checkpoint does not fit"
@@ -150,24 +170,31 @@ def load_checkpoint(path: Path, *, student, online, optimizers: dict, schedulers
                        "output_dir") from None
 
 
-def _load(path: Path, *, student, online, optimizers: dict, schedulers: dict, rank: int) -> tuple[dict, dict]:
-    load_model(student, str(path / "student.safetensors"))  # strict: another student is an error
-    if online is not None:
-        tensors = load_file(str(path / "online.safetensors"))
-        params = dict(online.named_parameters())
-        wanted = {n for n, p in params.items() if p.requires_grad}
-        if set(tensors) != wanted:
-            raise OkdError(f"checkpoint {str(path)!r} holds another online module ({len(tensors)} tensors, this "
-                           f"run has {len(wanted)}); resume with the online.* settings the run was started with")
-        with torch.no_grad():
-            for name, value in tensors.items():
-                params[name].copy_(value)
-    optim = torch.load(path / "optim.pt", weights_only=True)
+def _load(path: Path, *, student, online, optimizers: dict, schedulers: dict, rank: int,
+          fsdp: dict | None) -> tuple[dict, dict]:
+    optim = torch.load(path / "optim.pt", weights_only=True, mmap=fsdp is not None)  # FSDP: only rank 0 reads it
+    if (optim.get("format") == "fsdp") != (fsdp is not None):
+        raise OkdError(f"checkpoint {str(path)!r} was written " + ("under FSDP" if fsdp is None else "without FSDP")
+                       + "; resume it with the distributed setting it was written with (or start a new output_dir)")
     if set(optim["optimizers"]) != set(optimizers):
         raise OkdError(f"checkpoint {str(path)!r} was written by a run with optimizers {sorted(optim['optimizers'])}, "
                        f"this one has {sorted(optimizers)} (another method.teacher?); resume with the original config")
-    for k, o in optimizers.items():
-        o.load_state_dict(optim["optimizers"][k])
+    if fsdp is not None:
+        _fsdp_load(path, fsdp, optimizers, optim["optimizers"], rank)
+    else:
+        load_model(student, str(path / "student.safetensors"))  # strict: another student is an error
+        if online is not None:
+            tensors = load_file(str(path / "online.safetensors"))
+            params = dict(online.named_parameters())
+            wanted = {n for n, p in params.items() if p.requires_grad}
+            if set(tensors) != wanted:
+                raise OkdError(f"checkpoint {str(path)!r} holds another online module ({len(tensors)} tensors, "
+                               f"this run has {len(wanted)}); resume with the online.* settings the run was started with")
+            with torch.no_grad():
+                for name, value in tensors.items():
+                    params[name].copy_(value)
+        for k, o in optimizers.items():
+            o.load_state_dict(optim["optimizers"][k])
     for k, s in schedulers.items():
         s.load_state_dict(optim["schedulers"][k])
     rng_file = path / f"rng-{rank}.pt"
@@ -177,3 +204,83 @@ def _load(path: Path, *, student, online, optimizers: dict, schedulers: dict, ra
     state = json.loads((path / "state.json").read_text())
     return state, method_state
 
+
+# ----------------------------------------------------------------------------- FSDP (version 1)
+
+def _clean(name: str) -> str:
+    return name.replace("_fsdp_wrapped_module.", "")
+
+
+def _inner(optimizer):
+    return getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper -> the torch optimizer
+
+
+def _full_state_dict_type(model, device):
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    # weights already on the CPU are not "offloaded" to it (FSDP would free memory the copy points to)
+    offload = device.type != "cpu"
+    return FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
+                                FullStateDictConfig(offload_to_cpu=offload, rank0_only=True),
+                                FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=True))
+
+
+def _aliases(model, trainable_only: bool) -> list[tuple[list[str], torch.nn.Parameter]]:
+    """(names, parameter) per distinct parameter: tied weights (the output layer and the input embedding,
+    which FSDP leaves whole in okd) are one parameter with several names."""
+    groups: dict[int, tuple[list[str], torch.nn.Parameter]] = {}
+    for n, p in model.named_parameters(remove_duplicate=False):
+        if not trainable_only or p.requires_grad:
+            groups.setdefault(id(p), ([], p))[0].append(_clean(n))
+    return list(groups.values())
+
+
+def fsdp_gather(accelerator, student, online, optimizers: dict) -> dict:
+    """The full student, the online module's trainable tensors and each optimizer's full state (keyed by
+    parameter name), on the main process (empty elsewhere). Every process must call it."""
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    out: dict = {"optimizers": {}}
+    for key, model in (("student", student), ("online", online)):
+        if model is None:
+            continue
+        with _full_state_dict_type(model, accelerator.device):
+            full = model.state_dict()
+            keep = {names[0] for names, _ in _aliases(model, trainable_only=key == "online")}
+            if key == "student":  # persistent buffers too, as save_model writes them
+                keep |= {_clean(n) for n, _ in model.named_buffers()}
+            out[key] = {k: v.detach().contiguous() for k, v in full.items() if k in keep}
+            if key in optimizers:
+                out["optimizers"][key] = FSDP.optim_state_dict(model, _inner(optimizers[key]))
+    return out
+
+
+def _fsdp_load(path: Path, models: dict, optimizers: dict, optim_states: dict, rank: int) -> None:
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    for key, model in models.items():
+        if model is None:
+            continue
+        tensors = load_file(str(path / f"{key}.safetensors"))  # memory-mapped: one copy for all processes
+        groups = _aliases(model, trainable_only=key == "online")
+        known = {n for names, _ in groups for n in names}
+        with FSDP.summon_full_params(model, writeback=True):
+            buffers = {_clean(n): b for n, b in model.named_buffers()} if key == "student" else {}
+            missing = [names[0] for names, _ in groups if not any(n in tensors for n in names)]
+            extra = sorted(set(tensors) - known - set(buffers))
+            if missing or extra:
+                what = "student" if key == "student" else "online module"
+                raise OkdError(f"checkpoint {str(path)!r} holds another {what} (missing {missing[:3]}, unexpected "
+                               f"{extra[:3]}); resume with the config the run was started with")
+            with torch.no_grad():
+                for names, p in groups:
+                    p.copy_(tensors[next(n for n in names if n in tensors)])
+                for n, b in buffers.items():
+                    if n in tensors:
+                        b.copy_(tensors[n])
+        if key in optimizers:
+            with _full_state_dict_type(model, torch.device("cpu")):  # rank 0 reads, FSDP scatters
+                flat = FSDP.optim_state_dict_to_load(model, _inner(optimizers[key]),
+                                                     optim_states[key] if rank == 0 else {})
+            optimizers[key].load_state_dict(flat)

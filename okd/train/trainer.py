@@ -25,7 +25,20 @@ import torch
 
 from okd.config import Config
 from okd.errors import OkdError
-from okd.train.checkpoint import checkpoint_dirs, clean_temporary, load_checkpoint, save_checkpoint
+from okd.train.checkpoint import checkpoint_dirs, clean_temporary, fsdp_gather, load_checkpoint, save_checkpoint
+from okd.train.sharding import (
+    ZeroHeadGather,
+    check_distributed,
+    configure_deepspeed,
+    deepspeed_frozen_engine,
+    full_state_dict,
+    head_modules,
+    head_params,
+    save_fsdp_adapter,
+    unsharded_head_params,
+    zero3_gathered,
+    zero3_grad_norm,
+)
 
 log = logging.getLogger(__name__)
 
@@ -48,7 +61,7 @@ def prepare_output_dir(cfg: Config, resume: bool) -> Path:
                            "nothing to resume. Raise train.max_steps to train further, or choose another output_dir")
     try:
         out.mkdir(parents=True, exist_ok=True)
-        probe = out / ".write-test"
+        probe = out / f".write-test-{os.getpid()}"  # one per process: launched processes probe at once
         probe.write_text("")
         probe.unlink()
     except OSError as e:
@@ -102,48 +115,6 @@ def check_resumed_config(out: Path, cfg: Config) -> list[str]:
         log.warning("resuming with a changed config: %s; the result will differ from an uninterrupted run",
                     ", ".join(f"{k} ({before.get(k)!r} -> {after[k]!r})" for k in changed))
     return changed
-
-
-GENERATING_METHODS = ("seqkd", "imitkd", "gkd", "distillm", "minillm")
-
-
-def head_modules(model) -> list:
-    """The output layer (and the input embedding when it is tied to it): kept unsharded under FSDP,
-    because okd's chunked losses multiply hidden states by the output weight outside the forward."""
-    from okd.models.loading import causal_lm
-
-    lm = causal_lm(model)
-    out, inp = lm.get_output_embeddings(), lm.get_input_embeddings()
-    return [out] + ([inp] if inp is not None and inp.weight is out.weight else [])
-
-
-def unsharded_head_params(model) -> list:
-    seen: dict[int, torch.nn.Parameter] = {}
-    for m in head_modules(model):
-        for p in m.parameters():
-            if p.requires_grad:
-                seen.setdefault(id(p), p)
-    return list(seen.values())
-
-
-def check_distributed(cfg: Config, distributed_type, fsdp_version: int = 1) -> None:
-    """Refuse the combinations the trainer cannot run correctly (docs/scale.md says why)."""
-    kind = getattr(distributed_type, "value", str(distributed_type))
-    if kind == "DEEPSPEED":
-        raise OkdError("DeepSpeed is not supported by okd train yet (its engine steps the optimizer inside "
-                       "backward, and ZeRO-3 partitions the output layer that okd's chunked losses read after "
-                       "the forward); shard student and teacher with FSDP instead: configs/accelerate/fsdp.yaml")
-    if kind == "FSDP":
-        if (fsdp_version or 1) != 1:
-            raise OkdError(f"FSDP version {fsdp_version} is not supported by okd train (the frozen teacher is sharded "
-                           "on its own, which accelerate allows with FSDP1 only); set fsdp_version: 1 as in "
-                           "configs/accelerate/fsdp.yaml")
-        if cfg.method.name in GENERATING_METHODS:
-            raise OkdError(f"method {cfg.method.name!r} generates text with the bare model, whose weights FSDP "
-                           "shards; run it with DDP (configs/accelerate/ddp.yaml)")
-        if cfg.train.eval_rouge:
-            raise OkdError("train.eval_rouge samples answers with the bare student, whose weights FSDP shards; "
-                           "set train.eval_rouge=false and run okd eval on the saved student")
 
 
 def mixed_precision(cfg: Config) -> str:
@@ -201,6 +172,7 @@ def load_split(cfg: Config, source: str, split: str, tokenizer, limit: int | Non
 def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     """Run one training job; returns the output directory (see DESIGN.md §4 for its layout)."""
     from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
     from accelerate.utils import DistributedType, set_seed
     from tqdm.auto import tqdm
     from transformers import get_linear_schedule_with_warmup
@@ -219,6 +191,11 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
         raise OkdError(f"method {cfg.method.name!r} needs a teacher; set teacher.path")
     method_class(cfg)  # unsupported method/teacher combinations fail before any model loads
     out = prepare_output_dir(cfg, resume)
+    # Each call is a fresh run: forget an earlier run's precision in this process (okd demo, compare
+    # and notebooks train several models in one process; accelerate refuses a changed setting).
+    # PartialState, the process group, stays.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
     accelerator = Accelerator(mixed_precision=mixed_precision(cfg), log_with=tc.trackers or None,
                               project_dir=str(out))
     main = accelerator.is_main_process
@@ -231,6 +208,9 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     sharded = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
     check_distributed(cfg, accelerator.distributed_type,
                       getattr(getattr(accelerator.state, "fsdp_plugin", None), "fsdp_version", 1))
+    deepspeed = accelerator.distributed_type == DistributedType.DEEPSPEED
+    if deepspeed:
+        configure_deepspeed(cfg, accelerator)
     set_seed(tc.seed)
     if resume:
         check_resumed_config(out, cfg)
@@ -244,7 +224,9 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     teacher, vocab = None, len(tokenizer)
     if mode != "none":
         teacher = load_model(cfg.teacher)
-        vocab = check_compatible(load_tokenizer(cfg.teacher), tokenizer, teacher, student)
+        # (with DeepSpeed's zero3_init_flag the models arrive partitioned: gather the heads to count their rows)
+        with zero3_gathered(head_params(teacher) + head_params(student)):
+            vocab = check_compatible(load_tokenizer(cfg.teacher), tokenizer, teacher, student)
         if mode == "online":
             teacher = add_online_module(teacher, cfg.online)
         else:
@@ -273,7 +255,10 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     optimizers = {"student": adamw(student.parameters(), tc.lr, tc.weight_decay)}
     if mode == "online":
         optimizers["online"] = adamw(teacher.parameters(), cfg.online.lr, cfg.online.weight_decay)
-    schedulers = {k: get_linear_schedule_with_warmup(o, tc.warmup_steps, tc.max_steps) for k, o in optimizers.items()}
+    def schedule(o):
+        return get_linear_schedule_with_warmup(o, tc.warmup_steps, tc.max_steps)
+
+    schedulers = {} if deepspeed else {k: schedule(o) for k, o in optimizers.items()}  # DeepSpeed: below
 
     fsdp = accelerator.distributed_type == DistributedType.FSDP
     unsharded = unsharded_head_params(student) if fsdp else []  # their gradients are averaged by okd
@@ -283,13 +268,29 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     if fsdp and teacher is not None:
         accelerator.state.fsdp_plugin.ignored_modules = head_modules(teacher)
     if mode == "online":
+        # under DeepSpeed a second engine, from the same config; okd drives both engines itself (below), so
+        # accelerate's single "engine for accelerator.backward" slot stays the student's
+        wrapped = getattr(accelerator, "deepspeed_engine_wrapped", None)
+        if deepspeed:
+            accelerator.deepspeed_engine_wrapped = None  # (else accelerate warns that the slot is taken)
         teacher, optimizers["online"] = accelerator.prepare(teacher, optimizers["online"])
+        if deepspeed:
+            accelerator.deepspeed_engine_wrapped = wrapped
+    elif teacher is not None and deepspeed:
+        teacher = deepspeed_frozen_engine(teacher, accelerator)
     elif teacher is not None:
         # the frozen teacher: placed on the device (DDP: no wrapper, it has nothing to train), sharded
         # like the student under FSDP
         teacher = accelerator.prepare_model(teacher) if sharded else teacher.to(accelerator.device)
     if teacher is not None:
         teacher.eval()  # no dropout in the teacher; LoRA dropout (online.dropout) is not applied
+    # DeepSpeed: the engines okd steps itself (the online module's first), and the output layers kept
+    # gathered from each forward until the losses are computed
+    engines = {k: m for k, m in (("online", teacher if mode == "online" else None), ("student", student))
+               if m is not None} if deepspeed else {}
+    heads = ZeroHeadGather([m for m in (student, teacher) if m is not None]) if deepspeed else None
+    if deepspeed:  # on the optimizer each engine steps (DeepSpeedCPUAdam when the optimizer is offloaded)
+        schedulers = {k: schedule(engines[k].optimizer.optimizer) for k in ("student", "online") if k in engines}
     method = build_method(cfg, Models(student=student, teacher=teacher, tokenizer=tokenizer, vocab_size=vocab))
     method.valid_examples = valid_examples
 
@@ -302,13 +303,15 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     accelerator.wait_for_everyone()
     if resume and checkpoint_dirs(ckpt_root):
         last = checkpoint_dirs(ckpt_root)[-1]
-        if sharded:
-            raise OkdError(f"resuming is not supported under {accelerator.distributed_type.value} yet (checkpoints "
-                           "are written by single-process and DDP runs only); see docs/scale.md")
+        if deepspeed:
+            raise OkdError("resuming is not supported under DeepSpeed yet (checkpoints are written by single-process, "
+                           "DDP and FSDP runs); see docs/scale.md")
         state, method_state = load_checkpoint(last, student=unwrap(student),
                                               online=unwrap(teacher) if mode == "online" else None,
                                               optimizers=optimizers, schedulers=schedulers,
-                                              rank=accelerator.process_index)
+                                              rank=accelerator.process_index,
+                                              fsdp={"student": student, "online": teacher if mode == "online" else None}
+                                              if fsdp else None)
         method.load_state_dict(method_state)
         log.info("resumed from %s (step %d)", last, state["step"])
         if state.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
@@ -342,16 +345,19 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
         nonlocal saved_step
         if saved_step == state["step"]:
             return  # already on disk (e.g. Ctrl-C right after a periodic save)
-        if sharded:
+        if deepspeed:
             if saved_step is None:
-                log.warning("no resumable checkpoints under %s (single-process and DDP runs only); the final "
-                            "student/ is still written", accelerator.distributed_type.value)
+                log.warning("no resumable checkpoints under DeepSpeed (single-process, DDP and FSDP runs only); the "
+                            "final student/ is still written")
             saved_step = state["step"]
             return
+        online = teacher if mode == "online" else None
+        # FSDP: the full states, gathered on the main process (every process takes part), in the usual files
+        gathered = fsdp_gather(accelerator, student, online, optimizers) if fsdp else None
         save_checkpoint(ckpt_root, state["step"], accelerator=accelerator, student=unwrap(student),
-                        online=unwrap(teacher) if mode == "online" else None, optimizers=optimizers,
+                        online=unwrap(online) if online is not None else None, optimizers=optimizers,
                         schedulers=schedulers, method_state=method.state_dict(), state=state,
-                        keep=tc.keep_checkpoints)
+                        keep=tc.keep_checkpoints, gathered=gathered)
         saved_step = state["step"]
 
     metrics_file = open(out / "metrics.jsonl", "a") if main else None
@@ -379,13 +385,22 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
             totals: dict[str, float] = {}
             ddp_models = [m for m in (student, teacher if mode == "online" else None) if m is not None]
             for i, b in enumerate(batches):
-                with contextlib.ExitStack() as no_sync:
-                    if i < len(batches) - 1:  # all-reduce the gradients once per step, not per micro-batch
-                        for m in ddp_models:
-                            no_sync.enter_context(accelerator.no_sync(m))
-                    with accelerator.autocast():
+                if deepspeed:
+                    # ZeRO-3 reduce-scatters every micro-batch's gradients (nothing to defer); one backward of
+                    # the sum through the student's engine: the two losses' graphs share nothing (the chunked
+                    # loss routes each gradient to its own model), and the online module's engine reduces its
+                    # gradients through its own hooks in the same backward
+                    with heads.scope(), accelerator.autocast():
                         losses = method.losses(b, norm)
-                    accelerator.backward(sum(losses.values()))
+                    engines["student"].backward(sum(losses.values()))
+                else:
+                    with contextlib.ExitStack() as no_sync:
+                        if i < len(batches) - 1:  # all-reduce the gradients once per step, not per micro-batch
+                            for m in ddp_models:
+                                no_sync.enter_context(accelerator.no_sync(m))
+                        with accelerator.autocast():
+                            losses = method.losses(b, norm)
+                        accelerator.backward(sum(losses.values()))
                 for k, v in losses.items():
                     totals[k] = totals.get(k, 0.0) + v.detach().float().item()
             state["position"] += tc.grad_accum
@@ -393,7 +408,9 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
                 if p.grad is not None:
                     p.grad = accelerator.reduce(p.grad, "mean")
             grad_norms = {}
-            if tc.max_grad_norm > 0:  # clip both before stepping either, so a bad step changes nothing
+            if deepspeed:  # DeepSpeed clips inside its step, by this same norm (gradient_clipping)
+                grad_norms = {key: zero3_grad_norm(engines[key], accelerator) for key in engines}
+            elif tc.max_grad_norm > 0:  # clip both before stepping either, so a bad step changes nothing
                 for key in optimizers:
                     # all parameters (frozen ones have no grad): accelerate then recognises an FSDP model
                     # and clips by the norm over all shards
@@ -407,6 +424,8 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
             if what:
                 for o in optimizers.values():
                     o.zero_grad(set_to_none=True)
+                for e in engines.values():  # DeepSpeed's accumulated partitions (the wrapper's zero_grad is a no-op)
+                    e.optimizer.zero_grad(set_to_none=True)
                 bad_in_a_row += 1
                 if tc.on_nan == "skip" and bad_in_a_row < MAX_BAD_IN_A_ROW:
                     state["skipped"] += 1
@@ -422,9 +441,12 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
             for key in ("online", "student"):  # module first, then the student (Algorithm 1)
                 if key not in optimizers:
                     continue
-                optimizers[key].step()
+                if deepspeed:
+                    engines[key].step()  # clips, steps okd's AdamW on the partitions, zeroes the gradients
+                else:
+                    optimizers[key].step()
+                    optimizers[key].zero_grad(set_to_none=True)
                 schedulers[key].step()
-                optimizers[key].zero_grad(set_to_none=True)
             state["tokens"] += tokens
             state["generated_tokens"] += generated
             state["step"] = step = step + 1
@@ -466,9 +488,9 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
                 checkpoint()
             if interrupt.requested(accelerator) and step < tc.max_steps:
                 checkpoint()
-                if sharded:
+                if deepspeed:
                     raise TrainingInterrupted(f"interrupted at step {step} of {tc.max_steps}; no resumable checkpoint "
-                                              f"under {accelerator.distributed_type.value} (docs/scale.md)")
+                                              "under DeepSpeed (docs/scale.md)")
                 raise TrainingInterrupted(f"interrupted at step {step} of {tc.max_steps}; checkpoint saved in "
                                           f"{ckpt_root / f'step-{step:07d}'}; continue with the same command "
                                           "and --resume")
@@ -504,6 +526,9 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     }
     if main:
         (out / "summary.json").write_text(json.dumps(summary, indent=1))
+    # every process leaves together: one that tears its process group down while another still writes
+    # was seen to abort at exit (gloo, under DeepSpeed, CPU)
+    accelerator.wait_for_everyone()
     accelerator.end_training()
     return out
 
@@ -608,13 +633,16 @@ def save_outputs(out: Path, accelerator, student, teacher, tokenizer) -> None:
 
     accelerator.wait_for_everyone()
     gathered = accelerator.distributed_type in (DistributedType.FSDP, DistributedType.DEEPSPEED)
-    s_state = accelerator.get_state_dict(student) if gathered else None
-    t_state = accelerator.get_state_dict(teacher) if gathered and teacher is not None else None
+    s_state = full_state_dict(accelerator, student) if gathered else None
+    t_state = full_state_dict(accelerator, teacher) if gathered and teacher is not None else None
     if not accelerator.is_main_process:
         return
     s = accelerator.unwrap_model(student)
     s.save_pretrained(out / "student", safe_serialization=True, state_dict=s_state)
     tokenizer.save_pretrained(out / "student")
     if teacher is not None:
-        accelerator.unwrap_model(teacher).save_pretrained(out / "online_module", safe_serialization=True,
-                                                          state_dict=t_state)
+        online = accelerator.unwrap_model(teacher)
+        if accelerator.distributed_type == DistributedType.FSDP:
+            save_fsdp_adapter(out / "online_module", online, t_state)
+        else:
+            online.save_pretrained(out / "online_module", safe_serialization=True, state_dict=t_state)
