@@ -665,7 +665,7 @@ def run_compare(grid: str | Path | dict, *, only: list[str] | None = None, dry_r
             if not spec.keep_checkpoints:
                 shutil.rmtree(r.dir / "checkpoints", ignore_errors=True)  # optimizer states: GBs per run
             s = json.loads((r.dir / "summary.json").read_text())
-            log(f"{head}: done in {_fmt_s(time.perf_counter() - t0)} (training {s['wall_clock_s']:.0f} s, "
+            log(f"{head}: done in {_fmt_s(time.perf_counter() - t0)} (training {s.get('train_s', s['wall_clock_s']):.0f} s, "
                 f"{s['tokens_per_s']:.0f} tokens/s, valid CE {s['final_metrics'].get('valid_loss', float('nan')):.3f})")
 
         if spec.eval is not None:
@@ -790,8 +790,9 @@ def collect_results(plan: Plan) -> list[dict]:
                "sweep_value": r.sweep_value, "same_as": r.same_as, "method": r.cfg.method.name,
                "divergence": r.cfg.method.resolved_divergence, "teacher_mode": r.cfg.method.resolved_teacher,
                "overrides": r.overrides, "student_from": r.student_from, "model": str(t.dir / "student"),
-               "steps": steps, "train_s": summary.get("wall_clock_s"),
-               "s_per_step": summary["wall_clock_s"] / steps if steps else None,
+               # train_s excludes in-loop validation and checkpoint saves (runs from before it existed: wall clock)
+               "steps": steps, "train_s": summary.get("train_s", summary.get("wall_clock_s")),
+               "s_per_step": summary.get("train_s", summary["wall_clock_s"]) / steps if steps else None,
                # robust to load spikes on a shared machine (and to validation/checkpoint steps)
                "median_s_per_step": statistics.median(deltas) if deltas else None,
                "tokens_per_s": summary.get("tokens_per_s"), "generated_tokens": summary.get("generated_tokens"),

@@ -383,3 +383,27 @@ def test_sharegpt_preset_splits_disjoint_and_deterministic(tmp_path, monkeypatch
     monkeypatch.setenv("OKD_HOME", str(tmp_path / "again"))
     for s in presets.SPLITS:
         assert presets.resolve_data_preset("sharegpt", s).read_bytes() == files[s].read_bytes()
+
+
+def test_pruned_student_keeps_tied_embeddings(tmp_path, tmp_home):
+    """A teacher with a tied output matrix gives a student with one (counted and saved once)."""
+    from safetensors import safe_open
+    from transformers import AutoModelForCausalLM
+
+    from okd.models.prune import count_parameters, init_student, prune_model
+    from okd.models.tiny import save_tiny
+
+    teacher_dir = save_tiny(tmp_path / "teacher", "llama", layers=4, seed=1)
+    teacher = AutoModelForCausalLM.from_pretrained(teacher_dir)
+    assert teacher.config.tie_word_embeddings
+    student = prune_model(teacher, [0, 3])
+    assert student.get_output_embeddings().weight is student.get_input_embeddings().weight
+    # independent count: the embedding once, two of the teacher's (equal-sized) layers, the final norm
+    emb = teacher.get_input_embeddings().weight
+    layer = sum(p.numel() for p in teacher.model.layers[0].parameters())
+    expected = emb.numel() + 2 * layer + teacher.model.norm.weight.numel()
+    assert count_parameters(student) == expected
+    out, _, n_student = init_student(teacher_dir, 2, "uniform", tmp_path / "student")
+    assert n_student == expected
+    with safe_open(str(out / "model.safetensors"), "pt") as f:
+        assert sum(f.get_slice(k).get_shape() == list(emb.shape) for k in f.keys()) == 1

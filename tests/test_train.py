@@ -218,3 +218,29 @@ def test_runs_with_different_precision_in_one_process(base_overrides, tmp_path):
         out = train(build_config({}, common + [f"train.mixed_precision={mp}", f"output_dir={tmp_path / str(i)}"]),
                     progress=False)
         assert (out / "summary.json").exists()
+
+
+def test_train_time_excludes_validation_and_checkpoints(base_overrides, tmp_path, monkeypatch):
+    """summary train_s (and tokens/s) leave out the loop's validations and checkpoint saves."""
+    import time
+
+    import okd.train.trainer as trainer
+
+    real = trainer.evaluate
+
+    def slow_evaluate(*args, **kwargs):
+        time.sleep(0.4)
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(trainer, "evaluate", slow_evaluate)
+    out = train(build_config({}, base_overrides + ["method.name=sft", "train.max_steps=3", "train.eval_every=1",
+                                                   "train.save_every=1", f"output_dir={tmp_path / 'r'}"]),
+                progress=False)
+    s = json.loads((out / "summary.json").read_text())
+    # the validations after steps 1 and 2 ran inside the timed loop (the one after step 3 after it)
+    assert s["wall_clock_s"] - s["train_s"] >= 0.8
+    # tokens/s from train_s (which summary.json rounds to 0.01 s), not from the wall clock
+    assert s["tokens"] / (s["train_s"] + 0.006) <= s["tokens_per_s"] <= s["tokens"] / max(s["train_s"] - 0.006, 1e-9)
+    assert s["tokens_per_s"] > s["tokens"] / s["wall_clock_s"]
+    records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    assert all(r["train_s"] <= r["elapsed_s"] for r in records)

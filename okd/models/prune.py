@@ -102,8 +102,9 @@ def prune_model(model, keep: list[int]):
     tied = {k for k in missing if "lm_head" in k or "embed_out" in k}
     if set(missing) - tied or unexpected:
         raise RuntimeError(f"pruned state dict mismatch: missing {missing}, unexpected {unexpected}")
-    if tied:
-        student.tie_weights()
+    # load_state_dict copies the teacher's tied matrix into two separate parameters (both keys are in
+    # its state dict): tie them again as the config says, or the student counts and saves it twice
+    student.tie_weights()
     student.generation_config = copy.deepcopy(model.generation_config)
     return student.to(next(model.parameters()).device).eval()
 

@@ -295,7 +295,9 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     method.valid_examples = valid_examples
 
     # resume
-    state = {"step": 0, "position": 0, "tokens": 0, "generated_tokens": 0, "elapsed_s": 0.0, "skipped": 0}
+    # elapsed_s: wall clock of the loop; overhead_s: its validations and checkpoint saves; train_s: the rest
+    state = {"step": 0, "position": 0, "tokens": 0, "generated_tokens": 0, "elapsed_s": 0.0, "overhead_s": 0.0,
+             "train_s": 0.0, "skipped": 0}
     ckpt_root = out / "checkpoints"
     unwrap = accelerator.unwrap_model
     if main:
@@ -320,6 +322,8 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     elif resume:
         log.info("no checkpoint in %s; starting from scratch", ckpt_root)
     state["num_processes"] = accelerator.num_processes
+    for key in ("overhead_s", "train_s"):  # checkpoints written before these existed
+        state.setdefault(key, 0.0)
     if main:  # drop records logged after the checkpoint (or by a run killed before its first one)
         _truncate_metrics(out / "metrics.jsonl", state["step"])
     saved_step = state["step"] if state["step"] else None  # the step of the newest checkpoint on disk
@@ -365,6 +369,19 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
                disable=not progress, dynamic_ncols=True)
     start = time.perf_counter() - state["elapsed_s"]
     window_t, window_tokens = time.perf_counter(), 0
+
+    @contextlib.contextmanager
+    def not_training():
+        """Validation and checkpoint saves inside the loop: excluded from train_s and tokens/s."""
+        nonlocal window_t
+        t0 = time.perf_counter()
+        try:
+            yield
+        finally:
+            dt = time.perf_counter() - t0
+            state["overhead_s"] += dt
+            window_t += dt
+
     final: dict = {}
     interrupt = GracefulInterrupt()
     bad_in_a_row = 0
@@ -451,6 +468,7 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
             state["generated_tokens"] += generated
             state["step"] = step = step + 1
             state["elapsed_s"] = time.perf_counter() - start
+            state["train_s"] = state["elapsed_s"] - state["overhead_s"]
             window_tokens += tokens
             bar.update(1)
 
@@ -464,7 +482,8 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
                 tps = window_tokens / max(now - window_t, 1e-9)
                 window_t, window_tokens = now, 0
                 record = {"step": step, "loss": totals["student"], "lr": schedulers["student"].get_last_lr()[0],
-                          "elapsed_s": round(state["elapsed_s"], 3), "tokens": state["tokens"],
+                          "elapsed_s": round(state["elapsed_s"], 3), "train_s": round(state["train_s"], 3),
+                          "tokens": state["tokens"],
                           "tokens_per_s": round(tps, 1)}
                 if "online" in totals:
                     record["loss_online"] = totals["online"]
@@ -475,7 +494,8 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
                 record.update(method.metrics)
                 method.metrics.clear()
                 if step == tc.max_steps or (tc.eval_every and step % tc.eval_every == 0):
-                    evaluation = evaluate(cfg, method, valid_features, collate, accelerator)
+                    with not_training():
+                        evaluation = evaluate(cfg, method, valid_features, collate, accelerator)
                     method.on_validation(evaluation)
                     record.update(evaluation)
                     final = record
@@ -485,7 +505,8 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
                 accelerator.log(record, step=step)
                 bar.set_postfix(loss=f"{totals['student']:.4f}", tok_s=f"{tps:.0f}")
             if tc.save_every and step % tc.save_every == 0 and step != tc.max_steps:
-                checkpoint()
+                with not_training():
+                    checkpoint()
             if interrupt.requested(accelerator) and step < tc.max_steps:
                 checkpoint()
                 if deepspeed:
@@ -512,9 +533,10 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
         "divergence": cfg.method.resolved_divergence,
         "teacher": mode,
         "steps": state["step"],
-        "wall_clock_s": round(state["elapsed_s"], 2),
+        "wall_clock_s": round(state["elapsed_s"], 2),  # the loop, with its validations and checkpoint saves
+        "train_s": round(state["train_s"], 2),  # without them
         "tokens": state["tokens"],
-        "tokens_per_s": round(state["tokens"] / max(state["elapsed_s"], 1e-9), 1),
+        "tokens_per_s": round(state["tokens"] / max(state["train_s"], 1e-9), 1),
         "generated_tokens": state["generated_tokens"],
         "skipped_steps": state["skipped"],
         "peak_memory_mb": round(peak_memory_mb(), 1),
