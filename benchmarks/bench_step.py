@@ -38,7 +38,11 @@ CONFIGS = {
     "okd:gkd": ("okd", "gkd", 0.5),
     "trl:gkd-l0": ("trl", "gkd", 0.0),
     "trl:gkd-l0.5": ("trl", "gkd", 0.5),
+    # the teacher's weights stored in bf16 (teacher.dtype=bfloat16): no per-step cast under bf16 autocast
+    "okd:fkd-bf16-teacher": ("okd", "fkd", 0.0),
+    "okd:okd-bf16-teacher": ("okd", "okd", 0.0),
 }
+DEFAULT_CONFIGS = [c for c in CONFIGS if not c.endswith("-bf16-teacher")]
 
 
 def fitting_examples(setup: dict, max_length: int, work: Path, limit: int = 400) -> str:
@@ -226,7 +230,8 @@ def worker_okd(args, setup: dict, out: Path) -> dict:
                             f"data.template={setup['template']}", f"method.name={args.method}",
                             f"method.lmbda={args.lmbda}", "method.beta=0.0", f"train.seed={args.seed}",
                             f"method.max_new_tokens={args.max_new_tokens}", f"output_dir={out}"]
-                      + ([f"online.layers={args.online_layers}"] if args.online_layers else []))
+                      + ([f"online.layers={args.online_layers}"] if args.online_layers else [])
+                      + ([f"teacher.dtype={args.teacher_dtype}"] if getattr(args, "teacher_dtype", None) else []))
     torch.manual_seed(args.seed)
     device = getattr(args, "device", "cpu")
     tok, student = load_tokenizer(cfg.student), load_model(cfg.student).to(device)
@@ -356,7 +361,7 @@ def main() -> None:
     p.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     p.add_argument("--precision", choices=["fp32", "bf16"], default="fp32",
                    help="bf16: autocast around forward and loss, fp32 weights (okd's mixed_precision=bf16)")
-    p.add_argument("--configs", nargs="+", default=list(CONFIGS), choices=list(CONFIGS))
+    p.add_argument("--configs", nargs="+", default=DEFAULT_CONFIGS, choices=list(CONFIGS))
     p.add_argument("--no-trl", action="store_true", help="skip TRL's rows")
     p.add_argument("--rounds", type=int, default=2, help="alternating rounds over the configurations")
     p.add_argument("--steps", type=int, default=5, help="measured steps per run")
@@ -375,6 +380,7 @@ def main() -> None:
     p.add_argument("--impl", help=argparse.SUPPRESS)
     p.add_argument("--method", help=argparse.SUPPRESS)
     p.add_argument("--lmbda", type=float, default=0.0, help=argparse.SUPPRESS)
+    p.add_argument("--teacher-dtype", default=None, help=argparse.SUPPRESS)
     p.add_argument("--setup-json", help=argparse.SUPPRESS)
     p.add_argument("--out", help=argparse.SUPPRESS)
     args = p.parse_args()
@@ -397,8 +403,9 @@ def main() -> None:
     for r in range(args.rounds):
         for name in configs:
             impl, method, lmbda = CONFIGS[name]
+            extra = ["--teacher-dtype", "bfloat16"] if name.endswith("-bf16-teacher") else []
             out = work / f"{name.replace(':', '-')}-{r}"
-            cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--method", method, "--lmbda", str(lmbda),
+            cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--method", method, "--lmbda", str(lmbda), *extra,
                    "--setup-json", json.dumps(setup), "--out", str(out)] + [
                    f"--{k.replace('_', '-')}={v}" for k, v in vars(args).items()
                    if k in ("steps", "warmup", "batch_size", "max_length", "max_new_tokens", "threads", "seed",
@@ -447,7 +454,8 @@ def main() -> None:
             row["fraction_of_matmul_peak"] = round(flops / med[name] / peak, 3)
         rows.append(row)
     ratios = {}
-    for a, b in [("okd:okd", "okd:fkd"), ("okd:fkd", "trl:gkd-l0"), ("okd:gkd", "okd:okd"),
+    for a, b in [("okd:fkd-bf16-teacher", "okd:fkd"), ("okd:okd-bf16-teacher", "okd:okd"),
+                 ("okd:okd-bf16-teacher", "okd:fkd-bf16-teacher"), ("okd:okd", "okd:fkd"), ("okd:fkd", "trl:gkd-l0"), ("okd:gkd", "okd:okd"),
                  ("trl:gkd-l0.5", "okd:okd"), ("okd:fkd", "okd:sft"), ("okd:gkd", "trl:gkd-l0.5")]:
         if a in med and b in med:
             ratios[f"{a} / {b}"] = round(med[a] / med[b], 3)

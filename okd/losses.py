@@ -252,10 +252,18 @@ def _matmul_grads(g, h, w, need_h, need_w, grad_h_out, grad_w_acc):
     if need_h:
         grad_h_out.copy_(g @ w)
     if need_w:
-        if grad_w_acc.dtype == g.dtype:
+        # in-place addmm_ is never autocast: under bf16 autocast it would run this product in fp32
+        if grad_w_acc.dtype == g.dtype and not _autocast_on(h.device.type):
             grad_w_acc.addmm_(g.t(), h)
-        else:  # bf16 chunk product, accumulated over chunks in float32
+        else:  # bf16 chunk product (explicit or autocast), accumulated over chunks in float32
             grad_w_acc += (g.t() @ h).to(grad_w_acc.dtype)
+
+
+def _autocast_on(device_type: str) -> bool:
+    try:
+        return torch.is_autocast_enabled(device_type)
+    except TypeError:  # torch < 2.4: no device argument
+        return torch.is_autocast_cpu_enabled() if device_type == "cpu" else torch.is_autocast_enabled()
 
 
 class _ChunkedPairLoss(torch.autograd.Function):
