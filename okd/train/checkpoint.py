@@ -12,6 +12,13 @@ Under FSDP (version 1) the same files hold the full tensors, gathered on the mai
 optimizer's full state keyed by parameter name (`FSDP.optim_state_dict`), marked `"format": "fsdp"` in
 optim.pt. Loading shards them again (`load_checkpoint(..., fsdp=...)`), also onto another number of
 processes.
+
+Under DeepSpeed ZeRO-3 the weights and optimizer states stay partitioned: each engine (the student's,
+and the online teacher's for okd; a frozen teacher needs nothing) writes its own DeepSpeed checkpoint
+(`engine.save_checkpoint`, every process its partitions) into `deepspeed/student/` and
+`deepspeed/online/` of the same temporary directory, and optim.pt, marked `"format": "deepspeed"`, holds
+the schedulers only. Loading (`load_checkpoint(..., engines=...)`) needs the same number of processes.
+DeepSpeed's own files load through its checkpoint engine (`torch.load`), not through okd's readers.
 """
 
 from __future__ import annotations
@@ -29,6 +36,8 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 from okd.errors import OkdError
 
 PREFIX = "step-"
+DS_DIR, DS_TAG = "deepspeed", "state"  # DeepSpeed checkpoints: <checkpoint>/deepspeed/<engine>/state/
+FORMATS = {"fsdp": "under FSDP", "deepspeed": "under DeepSpeed ZeRO-3", None: "without FSDP or DeepSpeed"}
 
 
 def checkpoint_dirs(root: Path) -> list[Path]:
@@ -83,10 +92,12 @@ def clean_temporary(root: Path) -> None:
 
 def save_checkpoint(root: Path, step: int, *, accelerator, student, online, optimizers: dict,
                     schedulers: dict, method_state: dict, state: dict, keep: int = 2,
-                    gathered: dict | None = None) -> Path:
+                    gathered: dict | None = None, engines: dict | None = None) -> Path:
     """Every rank writes its RNG state; the main process writes the rest and renames into place.
 
     `gathered` (FSDP): the full states from `fsdp_gather`, written instead of reading the models.
+    `engines` (DeepSpeed): {"student": engine, "online": engine}; each writes its partitions (every
+    process takes part) instead of the model files.
 
     If anything fails, the temporary directory is removed and the previous checkpoints are left as
     they were; an OSError (disk full, no permission) becomes an OkdError saying so.
@@ -101,12 +112,17 @@ def save_checkpoint(root: Path, step: int, *, accelerator, student, online, opti
     accelerator.wait_for_everyone()
     try:
         torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+        for key, engine in (engines or {}).items():  # a collective: every process, in the same order
+            engine.save_checkpoint(str(tmp / DS_DIR / key), tag=DS_TAG, save_latest=False)
     except BaseException as e:  # noqa: BLE001 - reported below, after the ranks meet again
         failed = e
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and failed is None:
         try:
-            if gathered is not None:
+            if engines is not None:
+                optim = {"format": "deepspeed", "optimizers": {k: f"{DS_DIR}/{k}" for k in engines},
+                         "num_processes": accelerator.num_processes}
+            elif gathered is not None:
                 save_file(gathered["student"], str(tmp / "student.safetensors"))
                 if online is not None:
                     save_file(gathered["online"], str(tmp / "online.safetensors"))
@@ -147,18 +163,20 @@ def save_checkpoint(root: Path, step: int, *, accelerator, student, online, opti
 
 
 def load_checkpoint(path: Path, *, student, online, optimizers: dict, schedulers: dict,
-                    rank: int = 0, fsdp: dict | None = None) -> tuple[dict, dict]:
+                    rank: int = 0, fsdp: dict | None = None, engines: dict | None = None) -> tuple[dict, dict]:
     """Restore models, optimizers, schedulers and RNG; returns (state, method_state).
 
     `fsdp` (under FSDP): {"student": wrapped student, "online": wrapped teacher or None}; `student` and
-    `online` are then ignored, and every process takes part.
+    `online` are then ignored, and every process takes part. `engines` (under DeepSpeed): {"student":
+    engine, "online": engine}, each loading its own partitions (every process takes part, as many
+    processes as wrote them).
 
     A checkpoint that does not fit this run (another model, online module or method) or cannot be
     read raises an OkdError naming it.
     """
     try:
         return _load(path, student=student, online=online, optimizers=optimizers, schedulers=schedulers, rank=rank,
-                     fsdp=fsdp)
+                     fsdp=fsdp, engines=engines)
     except OkdError:
         raise
     except Exception as e:  # noqa: BLE001 - anything here means "this checkpoint does not fit"
@@ -171,15 +189,19 @@ def load_checkpoint(path: Path, *, student, online, optimizers: dict, schedulers
 
 
 def _load(path: Path, *, student, online, optimizers: dict, schedulers: dict, rank: int,
-          fsdp: dict | None) -> tuple[dict, dict]:
+          fsdp: dict | None, engines: dict | None = None) -> tuple[dict, dict]:
     optim = torch.load(path / "optim.pt", weights_only=True, mmap=fsdp is not None)  # FSDP: only rank 0 reads it
-    if (optim.get("format") == "fsdp") != (fsdp is not None):
-        raise OkdError(f"checkpoint {str(path)!r} was written " + ("under FSDP" if fsdp is None else "without FSDP")
-                       + "; resume it with the distributed setting it was written with (or start a new output_dir)")
+    written = optim.get("format")
+    expected = "fsdp" if fsdp is not None else "deepspeed" if engines is not None else None
+    if written != expected:
+        raise OkdError(f"checkpoint {str(path)!r} was written {FORMATS.get(written, written)}; resume it with the "
+                       "distributed setting it was written with (or start a new output_dir)")
     if set(optim["optimizers"]) != set(optimizers):
         raise OkdError(f"checkpoint {str(path)!r} was written by a run with optimizers {sorted(optim['optimizers'])}, "
                        f"this one has {sorted(optimizers)} (another method.teacher?); resume with the original config")
-    if fsdp is not None:
+    if engines is not None:
+        _deepspeed_load(path, engines, optim)
+    elif fsdp is not None:
         _fsdp_load(path, fsdp, optimizers, optim["optimizers"], rank)
     else:
         load_model(student, str(path / "student.safetensors"))  # strict: another student is an error
@@ -284,3 +306,27 @@ def _fsdp_load(path: Path, models: dict, optimizers: dict, optim_states: dict, r
                 flat = FSDP.optim_state_dict_to_load(model, _inner(optimizers[key]),
                                                      optim_states[key] if rank == 0 else {})
             optimizers[key].load_state_dict(flat)
+
+
+# ----------------------------------------------------------------------------- DeepSpeed ZeRO-3
+
+def _deepspeed_load(path: Path, engines: dict, optim: dict) -> None:
+    """Each engine loads its own partitions: module, fp32 master weights, optimizer states (okd's
+    schedules are restored from optim.pt by the caller; the engines have none of their own)."""
+    import torch.distributed as dist
+
+    world = dist.get_world_size() if dist.is_initialized() else 1
+    if optim.get("num_processes", world) != world:
+        raise OkdError(f"checkpoint {str(path)!r} was written by {optim['num_processes']} DeepSpeed processes, this "
+                       f"run has {world}: ZeRO-3 partitions are per process; resume with "
+                       f"--num_processes {optim['num_processes']}")
+    for key, engine in engines.items():
+        where = path / DS_DIR / key
+        if not (where / DS_TAG).is_dir():
+            raise OkdError(f"checkpoint {str(path)!r} has no DeepSpeed state for the {key} engine ({where} is "
+                           "missing); resume with the config the run was started with")
+        loaded, _ = engine.load_checkpoint(str(where), tag=DS_TAG, load_module_strict=True,
+                                           load_optimizer_states=True, load_lr_scheduler_states=False)
+        if loaded is None:
+            raise OkdError(f"checkpoint {str(path)!r}: DeepSpeed could not load the {key} engine's state from "
+                           f"{where}; resume with the config the run was started with")

@@ -305,15 +305,12 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     accelerator.wait_for_everyone()
     if resume and checkpoint_dirs(ckpt_root):
         last = checkpoint_dirs(ckpt_root)[-1]
-        if deepspeed:
-            raise OkdError("resuming is not supported under DeepSpeed yet (checkpoints are written by single-process, "
-                           "DDP and FSDP runs); see docs/scale.md")
         state, method_state = load_checkpoint(last, student=unwrap(student),
                                               online=unwrap(teacher) if mode == "online" else None,
                                               optimizers=optimizers, schedulers=schedulers,
                                               rank=accelerator.process_index,
                                               fsdp={"student": student, "online": teacher if mode == "online" else None}
-                                              if fsdp else None)
+                                              if fsdp else None, engines=engines if deepspeed else None)
         method.load_state_dict(method_state)
         log.info("resumed from %s (step %d)", last, state["step"])
         if state.get("num_processes", accelerator.num_processes) != accelerator.num_processes:
@@ -349,19 +346,13 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
         nonlocal saved_step
         if saved_step == state["step"]:
             return  # already on disk (e.g. Ctrl-C right after a periodic save)
-        if deepspeed:
-            if saved_step is None:
-                log.warning("no resumable checkpoints under DeepSpeed (single-process, DDP and FSDP runs only); the "
-                            "final student/ is still written")
-            saved_step = state["step"]
-            return
         online = teacher if mode == "online" else None
         # FSDP: the full states, gathered on the main process (every process takes part), in the usual files
         gathered = fsdp_gather(accelerator, student, online, optimizers) if fsdp else None
         save_checkpoint(ckpt_root, state["step"], accelerator=accelerator, student=unwrap(student),
                         online=unwrap(online) if online is not None else None, optimizers=optimizers,
                         schedulers=schedulers, method_state=method.state_dict(), state=state,
-                        keep=tc.keep_checkpoints, gathered=gathered)
+                        keep=tc.keep_checkpoints, gathered=gathered, engines=engines if deepspeed else None)
         saved_step = state["step"]
 
     metrics_file = open(out / "metrics.jsonl", "a") if main else None
@@ -509,9 +500,6 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
                     checkpoint()
             if interrupt.requested(accelerator) and step < tc.max_steps:
                 checkpoint()
-                if deepspeed:
-                    raise TrainingInterrupted(f"interrupted at step {step} of {tc.max_steps}; no resumable checkpoint "
-                                              "under DeepSpeed (docs/scale.md)")
                 raise TrainingInterrupted(f"interrupted at step {step} of {tc.max_steps}; checkpoint saved in "
                                           f"{ckpt_root / f'step-{step:07d}'}; continue with the same command "
                                           "and --resume")
