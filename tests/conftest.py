@@ -53,3 +53,16 @@ def base_overrides(tiny_dirs, tiny_data, tmp_path) -> list[str]:
         "train.batch_size=4", "train.max_steps=3", "train.lr=1e-3", "online.rank=4",
         f"output_dir={tmp_path / 'run'}",
     ]
+
+
+@pytest.fixture(scope="session")
+def uneven_data(tmp_path_factory) -> Path:
+    """Responses of very different lengths (1 word vs ~40 words), so a mean of per-micro-batch means
+    and the per-token mean differ a lot: the loss normalisation shows in the weights."""
+    rows = []
+    for i in range(16):
+        words = ["red"] if i % 2 else ["blue", "green", "cat", "dog", "sun"] * 8
+        rows.append({"instruction": f"Item {i}.", "input": "", "output": " ".join(words)})
+    path = tmp_path_factory.mktemp("uneven") / "train.jsonl"
+    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
+    return path

@@ -24,3 +24,47 @@ def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
         return sock.getsockname()[1]
+
+
+def cpu_launch_shim(kind: str, distributed_type: str, extra: str = "") -> str:
+    """The text of a script that `accelerate launch` runs instead of `okd`: accelerate enables FSDP and
+    DeepSpeed only on accelerators, so the shim joins the CPU processes over gloo as `distributed_type`
+    when ACCELERATE_USE_<kind> is set, runs `extra` (test hooks), then okd's CLI. With
+    OKD_TEST_INTERRUPT_AFTER_STEP=N every process sees a Ctrl-C after step N."""
+    return f'''
+import os, sys
+from accelerate.state import PartialState
+from accelerate.utils import DistributedType
+
+_prepare_backend = PartialState._prepare_backend
+
+
+def prepare_backend(self, cpu=False, sagemaker_dp=False, backend=None):
+    if os.environ.get("ACCELERATE_USE_{kind}", "false").lower() == "true" and int(os.environ.get("LOCAL_RANK", -1)) != -1:
+        return "gloo", DistributedType.{distributed_type}
+    return _prepare_backend(self, cpu, sagemaker_dp, backend)
+
+
+PartialState._prepare_backend = prepare_backend
+os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
+
+''' + INTERRUPT_HOOK + extra + """
+from okd.cli import main  # noqa: E402
+
+sys.exit(main())
+"""
+
+
+INTERRUPT_HOOK = '''stop = int(os.environ.get("OKD_TEST_INTERRUPT_AFTER_STEP", "0"))
+if stop:  # a Ctrl-C noticed after step `stop` on every process
+    import okd.train.trainer as trainer
+
+    calls = {"n": 0}
+
+    def requested(self, accelerator):
+        calls["n"] += 1
+        return calls["n"] >= stop
+
+    trainer.GracefulInterrupt.requested = requested
+
+'''

@@ -266,19 +266,6 @@ def test_checkpoints_hold_only_safetensors_and_plain_tensors(base_overrides):
 
 # --------------------------------------------------------------------------- scale: accumulation and DDP
 
-@pytest.fixture(scope="module")
-def uneven_data(tmp_path_factory) -> Path:
-    """Responses of very different lengths (1 word vs ~40 words), so a mean of per-micro-batch means
-    and the per-token mean differ a lot: the loss normalisation shows in the weights."""
-    rows = []
-    for i in range(16):
-        words = ["red"] if i % 2 else ["blue", "green", "cat", "dog", "sun"] * 8
-        rows.append({"instruction": f"Item {i}.", "input": "", "output": " ".join(words)})
-    path = tmp_path_factory.mktemp("uneven") / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
-
-
 def test_uneven_lengths_make_micro_batch_means_differ(base_overrides, uneven_data):
     """Guard for the tests below: on this data, the gradient of a mean of per-micro-batch means (the
     TRL bug) differs from that of the per-token mean okd uses, so matching a big batch really tests

@@ -24,40 +24,12 @@ from okd.config import build_config
 from okd.errors import OkdError
 from okd.train import train
 
-from launch import OUTPUTS, ROOT, free_port, launch_env  # noqa: E402
+from launch import OUTPUTS, ROOT, cpu_launch_shim, free_port, launch_env  # noqa: E402
 
-DS_SHIM = r'''
-import os, sys
-from accelerate.state import PartialState
-from accelerate.utils import DistributedType
-
-_prepare_backend = PartialState._prepare_backend
-
-
-def prepare_backend(self, cpu=False, sagemaker_dp=False, backend=None):
-    # accelerate finds no accelerator and would leave each process alone: join them over gloo, on the CPU
-    if os.environ.get("ACCELERATE_USE_DEEPSPEED", "false").lower() == "true" and int(os.environ.get("LOCAL_RANK", -1)) != -1:
-        return "gloo", DistributedType.MULTI_CPU
-    return _prepare_backend(self, cpu, sagemaker_dp, backend)
-
-
-PartialState._prepare_backend = prepare_backend
-os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
+DS_SHIM = cpu_launch_shim("DEEPSPEED", "MULTI_CPU", extra=r'''
 import importlib  # noqa: E402
 # an inference all-reduce kernel that DeepSpeed compiles on first use (a minute, needs a compiler): not used here
 importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-
-stop = int(os.environ.get("OKD_TEST_INTERRUPT_AFTER_STEP", "0"))
-if stop:  # a Ctrl-C noticed after step `stop` on every process
-    import okd.train.trainer as trainer
-
-    calls = {"n": 0}
-
-    def requested(self, accelerator):
-        calls["n"] += 1
-        return calls["n"] >= stop
-
-    trainer.GracefulInterrupt.requested = requested
 
 if os.environ.get("OKD_TEST_DEEPSPEED_RELEASE"):  # free every gathered weight after its use, as with models larger
     import okd.train.sharding as sharding           # than stage3_max_live_parameters: each forward all-gathers
@@ -85,11 +57,7 @@ if allow:  # lift okd's refusal of these on-policy methods under ZeRO-3 (tests o
     import okd.train.sharding as sharding
 
     sharding.DEEPSPEED_SAMPLING_METHODS = tuple(allow.split(","))
-
-from okd.cli import main  # noqa: E402
-
-sys.exit(main())
-'''
+''')
 
 
 def _env_ds(**extra) -> dict:
@@ -121,18 +89,6 @@ def _launch(tmp_path: Path, args: list[str], out: Path, expect_ok: bool = True, 
 
 def _weights(out: Path) -> dict:
     return {f: load_file(out / f) for f in OUTPUTS if (out / f).is_file()}
-
-
-@pytest.fixture(scope="module")
-def uneven_data(tmp_path_factory) -> Path:
-    """Responses of 1 word vs ~40 words: normalising per micro-batch instead of per token would show."""
-    rows = []
-    for i in range(16):
-        words = ["red"] if i % 2 else ["blue", "green", "cat", "dog", "sun"] * 8
-        rows.append({"instruction": f"Item {i}.", "input": "", "output": " ".join(words)})
-    path = tmp_path_factory.mktemp("uneven") / "train.jsonl"
-    path.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    return path
 
 
 @pytest.mark.parametrize("method", ["fkd", "okd"])

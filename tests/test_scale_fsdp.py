@@ -23,42 +23,9 @@ from okd.config import build_config
 from okd.train import train
 from okd.train.checkpoint import checkpoint_dirs
 
-from launch import OUTPUTS, ROOT, free_port, launch_env  # noqa: E402
+from launch import OUTPUTS, ROOT, cpu_launch_shim, free_port, launch_env  # noqa: E402
 
-FSDP_SHIM = r'''
-import os, sys
-from accelerate.state import PartialState
-from accelerate.utils import DistributedType
-
-_prepare_backend = PartialState._prepare_backend
-
-
-def prepare_backend(self, cpu=False, sagemaker_dp=False, backend=None):
-    # accelerate finds no accelerator and would not enable FSDP: join the processes over gloo, on the CPU
-    if os.environ.get("ACCELERATE_USE_FSDP", "false").lower() == "true" and int(os.environ.get("LOCAL_RANK", -1)) != -1:
-        return "gloo", DistributedType.MULTI_GPU
-    return _prepare_backend(self, cpu, sagemaker_dp, backend)
-
-
-PartialState._prepare_backend = prepare_backend
-os.environ.setdefault("ACCELERATE_TORCH_DEVICE", "cpu")
-
-stop = int(os.environ.get("OKD_TEST_INTERRUPT_AFTER_STEP", "0"))
-if stop:  # a Ctrl-C noticed after step `stop` on every process
-    import okd.train.trainer as trainer
-
-    calls = {"n": 0}
-
-    def requested(self, accelerator):
-        calls["n"] += 1
-        return calls["n"] >= stop
-
-    trainer.GracefulInterrupt.requested = requested
-
-from okd.cli import main  # noqa: E402
-
-sys.exit(main())
-'''
+FSDP_SHIM = cpu_launch_shim("FSDP", "MULTI_GPU")
 
 
 

@@ -101,22 +101,12 @@ def sample(model, tokenizer, prompts: list[list[int]], cfg, *, vocab_limit: int,
     from okd.models.loading import causal_lm
 
     m = cfg.method
-    lm = causal_lm(bare(model))  # past DDP/peft wrappers (an online module's LoRA stays active)
+    lm = causal_lm(model)  # past DDP/DeepSpeed/peft wrappers (an online module's LoRA stays active)
     with autocast_for(cfg, model_device(lm)), lockstep(lm):
         return generate(lm, tokenizer, prompts, max_new_tokens=m.max_new_tokens,
                         temperature=m.gen_temperature or 1.0, top_p=m.top_p,
                         greedy=greedy or m.gen_temperature == 0, batch_size=max(1, len(prompts)),
                         vocab_limit=vocab_limit)
-
-
-def bare(model):
-    """The module inside a DeepSpeed engine (which forwards unknown attributes to it, so it looks like
-    the model itself to okd's other unwrapping); any other model as it is."""
-    import sys
-
-    ds = sys.modules.get("deepspeed")
-    engine = getattr(ds, "DeepSpeedEngine", None) if ds is not None else None
-    return model.module if engine is not None and isinstance(model, engine) else model
 
 
 @contextlib.contextmanager

@@ -123,13 +123,21 @@ def check_compatible(teacher_tok, student_tok, teacher, student) -> int:
 def causal_lm(model):
     """The underlying *ForCausalLM of a model that may be wrapped by peft or accelerate/DDP."""
     while True:
-        if hasattr(model, "module") and not hasattr(model, "get_output_embeddings"):
-            model = model.module  # DDP / FSDP wrapper
+        if hasattr(model, "module") and (not hasattr(model, "get_output_embeddings") or _is_deepspeed_engine(model)):
+            model = model.module  # DDP / FSDP wrapper; a DeepSpeed engine (it forwards attributes to its module)
             continue
         if hasattr(model, "get_base_model") and hasattr(model, "peft_config"):
             model = model.get_base_model()  # peft wrapper; LoRA layers stay injected in-place
             continue
         return model
+
+
+def _is_deepspeed_engine(model) -> bool:
+    import sys
+
+    ds = sys.modules.get("deepspeed")  # never imported just to ask
+    engine = getattr(ds, "DeepSpeedEngine", None) if ds is not None else None
+    return engine is not None and isinstance(model, engine)
 
 
 def output_weight(model) -> torch.Tensor:

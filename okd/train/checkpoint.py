@@ -34,6 +34,7 @@ import torch
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from okd.errors import OkdError
+from okd.train.sharding import fsdp_full_state, fsdp_name
 
 PREFIX = "step-"
 DS_DIR, DS_TAG = "deepspeed", "state"  # DeepSpeed checkpoints: <checkpoint>/deepspeed/<engine>/state/
@@ -229,23 +230,8 @@ def _load(path: Path, *, student, online, optimizers: dict, schedulers: dict, ra
 
 # ----------------------------------------------------------------------------- FSDP (version 1)
 
-def _clean(name: str) -> str:
-    return name.replace("_fsdp_wrapped_module.", "")
-
-
 def _inner(optimizer):
     return getattr(optimizer, "optimizer", optimizer)  # accelerate's wrapper -> the torch optimizer
-
-
-def _full_state_dict_type(model, device):
-    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
-    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-    # weights already on the CPU are not "offloaded" to it (FSDP would free memory the copy points to)
-    offload = device.type != "cpu"
-    return FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
-                                FullStateDictConfig(offload_to_cpu=offload, rank0_only=True),
-                                FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=True))
 
 
 def _aliases(model, trainable_only: bool) -> list[tuple[list[str], torch.nn.Parameter]]:
@@ -254,7 +240,7 @@ def _aliases(model, trainable_only: bool) -> list[tuple[list[str], torch.nn.Para
     groups: dict[int, tuple[list[str], torch.nn.Parameter]] = {}
     for n, p in model.named_parameters(remove_duplicate=False):
         if not trainable_only or p.requires_grad:
-            groups.setdefault(id(p), ([], p))[0].append(_clean(n))
+            groups.setdefault(id(p), ([], p))[0].append(fsdp_name(n))
     return list(groups.values())
 
 
@@ -267,11 +253,11 @@ def fsdp_gather(accelerator, student, online, optimizers: dict) -> dict:
     for key, model in (("student", student), ("online", online)):
         if model is None:
             continue
-        with _full_state_dict_type(model, accelerator.device):
+        with fsdp_full_state(model, accelerator.device):
             full = model.state_dict()
             keep = {names[0] for names, _ in _aliases(model, trainable_only=key == "online")}
             if key == "student":  # persistent buffers too, as save_model writes them
-                keep |= {_clean(n) for n, _ in model.named_buffers()}
+                keep |= {fsdp_name(n) for n, _ in model.named_buffers()}
             out[key] = {k: v.detach().contiguous() for k, v in full.items() if k in keep}
             if key in optimizers:
                 out["optimizers"][key] = FSDP.optim_state_dict(model, _inner(optimizers[key]))
@@ -288,7 +274,7 @@ def _fsdp_load(path: Path, models: dict, optimizers: dict, optim_states: dict, r
         groups = _aliases(model, trainable_only=key == "online")
         known = {n for names, _ in groups for n in names}
         with FSDP.summon_full_params(model, writeback=True):
-            buffers = {_clean(n): b for n, b in model.named_buffers()} if key == "student" else {}
+            buffers = {fsdp_name(n): b for n, b in model.named_buffers()} if key == "student" else {}
             missing = [names[0] for names, _ in groups if not any(n in tensors for n in names)]
             extra = sorted(set(tensors) - known - set(buffers))
             if missing or extra:
@@ -302,7 +288,7 @@ def _fsdp_load(path: Path, models: dict, optimizers: dict, optim_states: dict, r
                     if n in tensors:
                         b.copy_(tensors[n])
         if key in optimizers:
-            with _full_state_dict_type(model, torch.device("cpu")):  # rank 0 reads, FSDP scatters
+            with fsdp_full_state(model, torch.device("cpu")):  # rank 0 reads, FSDP scatters
                 flat = FSDP.optim_state_dict_to_load(model, _inner(optimizers[key]),
                                                      optim_states[key] if rank == 0 else {})
             optimizers[key].load_state_dict(flat)

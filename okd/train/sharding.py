@@ -190,18 +190,30 @@ def zero3_grad_norm(engine, accelerator) -> float:
     return float(accelerator.reduce(total, "sum").sqrt())
 
 
+def fsdp_name(name: str) -> str:
+    """A parameter's name without FSDP's wrapper levels (the name it has in the bare model)."""
+    return name.replace("_fsdp_wrapped_module.", "")
+
+
+def fsdp_full_state(model, device):
+    """FSDP's full (gathered, rank-0) state-dict mode for weights and optimizer state. Weights already on
+    the CPU are not "offloaded" to it, unlike accelerator.get_state_dict: FSDP would then free memory the
+    gathered copy still points to (a segfault on CPU processes)."""
+    from torch.distributed.fsdp import FullOptimStateDictConfig, FullStateDictConfig, StateDictType
+    from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
+
+    offload = device.type != "cpu"
+    return FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT,
+                                FullStateDictConfig(offload_to_cpu=offload, rank0_only=True),
+                                FullOptimStateDictConfig(offload_to_cpu=offload, rank0_only=True))
+
+
 def full_state_dict(accelerator, model) -> dict:
     """The whole state dict of a sharded model, on the main process (every process takes part)."""
     from accelerate.utils import DistributedType
 
     if accelerator.distributed_type == DistributedType.FSDP:
-        from torch.distributed.fsdp import FullStateDictConfig, StateDictType
-        from torch.distributed.fsdp import FullyShardedDataParallel as FSDP
-
-        # as accelerator.get_state_dict, except that weights already on the CPU are not "offloaded" to it:
-        # FSDP then frees memory that the gathered copy still points to (a segfault on CPU processes)
-        config = FullStateDictConfig(offload_to_cpu=accelerator.device.type != "cpu", rank0_only=True)
-        with FSDP.state_dict_type(model, StateDictType.FULL_STATE_DICT, config):
+        with fsdp_full_state(model, accelerator.device):
             return model.state_dict()
     return accelerator.get_state_dict(model)
 
@@ -215,7 +227,7 @@ def save_fsdp_adapter(path: Path, peft_model, state: dict) -> None:
     from safetensors.torch import save_file
 
     adapter = peft_model.active_adapter
-    trainable = {n.replace("_fsdp_wrapped_module.", "") for n, p in peft_model.named_parameters() if p.requires_grad}
+    trainable = {fsdp_name(n) for n, p in peft_model.named_parameters() if p.requires_grad}
     tensors = {k.replace(f".{adapter}.", "."): v.detach().contiguous() for k, v in state.items() if k in trainable}
     if len(tensors) != len(trainable):
         raise RuntimeError(f"the gathered state of the online module has {len(tensors)} of its {len(trainable)} "

@@ -295,7 +295,8 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     method.valid_examples = valid_examples
 
     # resume
-    # elapsed_s: wall clock of the loop; overhead_s: its validations and checkpoint saves; train_s: the rest
+    # elapsed_s: wall clock of the loop; overhead_s: its validations and checkpoint saves; train_s: the rest,
+    # taken at each step's end (not elapsed − overhead later: the last validation adds to overhead only)
     state = {"step": 0, "position": 0, "tokens": 0, "generated_tokens": 0, "elapsed_s": 0.0, "overhead_s": 0.0,
              "train_s": 0.0, "skipped": 0}
     ckpt_root = out / "checkpoints"
