@@ -113,14 +113,14 @@ def child_main(timing_path: str, threads: int, eval_at_start: bool, argv: list[s
 
     trainer.evaluate = timed_evaluate
     interrupt = getattr(trainer, "GracefulInterrupt", None)
-    if interrupt is not None and hasattr(interrupt, "install"):  # called right after the loop's clock starts
-        install = interrupt.install
+    if interrupt is not None:  # entered right after the loop's clock starts
+        enter = interrupt.__enter__
 
-        def timed_install(self):
+        def timed_enter(self):
             emit(kind="loop_start", t=time.perf_counter(), cpu_at=time.process_time())
-            return install(self)
+            return enter(self)
 
-        interrupt.install = timed_install
+        interrupt.__enter__ = timed_enter
     from okd.cli import main
 
     return main(argv)
@@ -586,7 +586,7 @@ def main(argv=None) -> int:
         sys.path.insert(0, str(ROOT))
         setup = setup_tiny(args, work, code) if args.tiny else setup_real(args, work, code)
         if args.precision == "auto":
-            from okd.train.precision import bf16_is_fast
+            from okd.precision import bf16_is_fast
             precision = "bf16" if bf16_is_fast() else "no"
         else:
             precision = args.precision

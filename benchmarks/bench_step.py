@@ -373,6 +373,9 @@ def main() -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--online-layers", type=int, help="okd: online module on the top k teacher layers only")
     p.add_argument("--output", default="benchmarks/results/bench_step.json")
+    p.add_argument("--baseline-code", metavar="DIR",
+                   help="also run every okd config against the okd package in DIR (e.g. a git worktree of an older "
+                        "commit), as <config>@before, alternating with the current code in the same rounds")
     p.add_argument("--profile", action="store_true",
                    help="okd rows: profile one extra step (torch.profiler); tables copied next to --output")
     # worker mode (internal)
@@ -388,6 +391,8 @@ def main() -> None:
         return run_worker(args)
 
     configs = [c for c in args.configs if not (args.no_trl and c.startswith("trl:"))]
+    if args.baseline_code:  # before/after pairs, side by side in every round
+        configs = [x for c in configs for x in ([c, f"{c}@before"] if c.startswith("okd:") else [c])]
     work = Path(tempfile.mkdtemp(prefix="okd-bench-"))
     setup = setup_models(args.setup, work, args.shape_dir, args.data)
     setup["data"] = fitting_examples(setup, args.max_length, work)
@@ -402,8 +407,12 @@ def main() -> None:
     peaks = [peak]  # the reference again in every worker: the machine's load drifts during a run
     for r in range(args.rounds):
         for name in configs:
-            impl, method, lmbda = CONFIGS[name]
-            extra = ["--teacher-dtype", "bfloat16"] if name.endswith("-bf16-teacher") else []
+            base_name = name.removesuffix("@before")
+            impl, method, lmbda = CONFIGS[base_name]
+            extra = ["--teacher-dtype", "bfloat16"] if base_name.endswith("-bf16-teacher") else []
+            env = dict(os.environ, OMP_NUM_THREADS=str(args.threads), TRL_EXPERIMENTAL_SILENCE="1")
+            if name.endswith("@before"):
+                env["PYTHONPATH"] = str(Path(args.baseline_code).resolve())
             out = work / f"{name.replace(':', '-')}-{r}"
             cmd = [sys.executable, __file__, "--worker", "--impl", impl, "--method", method, "--lmbda", str(lmbda), *extra,
                    "--setup-json", json.dumps(setup), "--out", str(out)] + [
@@ -412,8 +421,7 @@ def main() -> None:
                             "online_layers", "device", "precision") and v is not None] + (
                    ["--profile"] if args.profile else [])
             t0 = time.perf_counter()
-            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True,
-                                  env=dict(os.environ, OMP_NUM_THREADS=str(args.threads), TRL_EXPERIMENTAL_SILENCE="1"))
+            proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, env=env)
             if proc.returncode != 0:
                 print(f"  {name}: failed\n{proc.stderr[-2000:]}", flush=True)
                 continue
@@ -447,8 +455,8 @@ def main() -> None:
                "tokens_per_step": tok, "tokens_per_s": round(tok / med[name], 1),
                "generated_per_step": statistics.median(r["generated"]) if r["generated"] else None,
                "peak_mb": round(max(r["peak_mb"]), 0)}
-        method = CONFIGS[name][1]
-        if CONFIGS[name][0] == "okd" and method in ("sft", "fkd", "okd") and not args.online_layers:
+        impl, method, _ = CONFIGS[name.removesuffix("@before")]
+        if impl == "okd" and method in ("sft", "fkd", "okd") and not args.online_layers:
             flops = step_flops(method, pt, ps, tok, statistics.median(r["scored"]))
             row["achieved_gflops"] = round(flops / med[name] / 1e9, 1)
             row["fraction_of_matmul_peak"] = round(flops / med[name] / peak, 3)
@@ -459,6 +467,9 @@ def main() -> None:
                  ("trl:gkd-l0.5", "okd:okd"), ("okd:fkd", "okd:sft"), ("okd:gkd", "trl:gkd-l0.5")]:
         if a in med and b in med:
             ratios[f"{a} / {b}"] = round(med[a] / med[b], 3)
+    for name in med:  # the current code against the baseline code, config by config
+        if name.endswith("@before") and name.removesuffix("@before") in med:
+            ratios[f"{name.removesuffix('@before')} / {name}"] = round(med[name.removesuffix("@before")] / med[name], 3)
     import platform
 
     import torch

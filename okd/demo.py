@@ -7,12 +7,18 @@ held-out ShareGPT prompts (ROUGE-L, one sampled answer each), and a table plus t
 per model are printed. Every stage is cached under the output directory (and the presets under
 OKD_HOME), so a second run only prints.
 
+The training, evaluation and skipping are okd compare's: the demo writes a built-in grid
+(`<output>/grid.yaml`: runs/<method>/, eval/<model>.json, the references `teacher` and
+`student_init`) and runs it in-process, with its own report (the table and the sample answers) in
+place of compare's; `okd compare -c <output>/grid.yaml` then gives compare's full report and plots.
+
 `okd demo --tiny` does the same with tiny random models built on the fly, in a minute.
 """
 
 from __future__ import annotations
 
 import json
+import sys
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -35,6 +41,7 @@ class DemoPlan:
     max_new_tokens: int = 64
     online_rank: int = 32
     online_layers: int | None = None
+    title: str = "SmolLM2-135M-Instruct → 8-layer student"
 
 
 def _say(msg: str) -> None:
@@ -55,7 +62,7 @@ def prepare_real(out: Path) -> DemoPlan:
         _say(f"teacher {nt / 1e6:.1f}M parameters, student {ns / 1e6:.1f}M")
     for split in ("train", "valid", "test"):
         resolve_data_preset("sharegpt", split)
-    from okd.train.precision import bf16_is_fast
+    from okd.precision import bf16_is_fast
 
     bf16 = bf16_is_fast()
     return DemoPlan(teacher=str(teacher), student=str(student), data="sharegpt", template="chat",
@@ -90,85 +97,90 @@ def prepare_tiny(out: Path) -> DemoPlan:
               resume=True)
     return DemoPlan(teacher=str(teacher_run / "student"), student=str(student), data=str(data),
                     template="alpaca", steps=150, batch_size=16, max_length=128, lr=3e-3, eval_limit=40,
-                    max_new_tokens=16, online_rank=8)
+                    max_new_tokens=16, online_rank=8, title="tiny")
 
 
-def train_methods(plan: DemoPlan, out: Path) -> dict[str, dict]:
-    from okd.train import train
-
-    summaries = {}
-    for name in plan.methods:
-        run = out / name
-        if not (run / "summary.json").is_file():
-            _say(f"training {name}: {plan.steps} steps, batch {plan.batch_size}, max length {plan.max_length}")
-            overrides = [
-                f"student.path={plan.student}", f"data.train={plan.data}", f"data.valid={plan.data}",
-                f"data.template={plan.template}", f"data.max_length={plan.max_length}", "data.valid_limit=64",
-                f"method.name={name}", f"train.max_steps={plan.steps}", f"train.batch_size={plan.batch_size}",
-                f"train.lr={plan.lr}", f"train.warmup_steps={max(1, plan.steps // 10)}",
-                f"data.train_limit={plan.steps * plan.batch_size}", f"train.mixed_precision={plan.mixed_precision}",
-                f"online.rank={plan.online_rank}", f"online.lora_alpha={plan.online_rank}",
-                f"output_dir={run}",
-            ]
-            if plan.online_layers:
-                overrides.append(f"online.layers={plan.online_layers}")
-            if name != "sft":
-                overrides.append(f"teacher.path={plan.teacher}")
-            # --resume: a demo interrupted mid-run continues instead of refusing the directory
-            train(build_config({}, overrides), resume=True)
-        summaries[name] = json.loads((run / "summary.json").read_text())
-    return summaries
-
-
-def evaluate_models(plan: DemoPlan, out: Path, models: dict[str, str]) -> dict[str, dict]:
-    from okd.eval import run_eval
-
-    results = {}
-    for label, path in models.items():
-        target = out / "eval" / f"{label}.json"
-        if not target.is_file():
-            _say(f"evaluating {label} on {plan.eval_limit} held-out prompts")
-            run_eval(path, [plan.data], target, split="test", template=plan.template, seeds=1,
-                     max_new_tokens=plan.max_new_tokens, limit=plan.eval_limit, batch_size=20,
-                     dtype="bfloat16" if plan.mixed_precision == "bf16" else "float32", log=lambda m: None)
-        results[label] = json.loads(target.read_text())
-    return results
+def demo_grid(plan: DemoPlan, out: Path) -> dict:
+    """The demo as an `okd compare` grid: one base config, a run per method, the two reference rows."""
+    online = {"rank": plan.online_rank, "lora_alpha": plan.online_rank}
+    if plan.online_layers:
+        online["layers"] = plan.online_layers
+    return {
+        "output_dir": str(out),
+        "isolate": False,  # one process: the models are small and the start-up would dominate
+        "title": f"okd demo ({plan.title})",
+        "base": {
+            "teacher": {"path": plan.teacher},
+            "student": {"path": plan.student},
+            "data": {"train": plan.data, "valid": plan.data, "template": plan.template,
+                     "max_length": plan.max_length, "valid_limit": 64, "train_limit": plan.steps * plan.batch_size},
+            "online": online,
+            "train": {"max_steps": plan.steps, "batch_size": plan.batch_size, "lr": plan.lr,
+                      "warmup_steps": max(1, plan.steps // 10), "mixed_precision": plan.mixed_precision},
+        },
+        "runs": [{"name": name, "overrides": {"method.name": name}} for name in plan.methods],
+        "eval": {"data": [plan.data], "split": "test", "template": plan.template, "seeds": 1,
+                 "max_new_tokens": plan.max_new_tokens, "limit": plan.eval_limit, "batch_size": 20,
+                 "dtype": "bfloat16" if plan.mixed_precision == "bf16" else "float32",
+                 "references": ["teacher", "student_init"]},
+    }
 
 
-def report(plan: DemoPlan, out: Path, summaries: dict, results: dict) -> str:
+LABELS = {"student_init": "student (untrained)"}  # the demo's name for compare's reference row
+
+
+def _samples(out: Path, label: str, n: int = 3) -> list[str]:
+    """The first n prompts and sampled answers of a model's evaluation, as markdown list items."""
+    res = json.loads((out / "eval" / f"{label}.json").read_text())
+    d = next(iter(res["datasets"].values()))
+    lines = (out / "eval" / d["predictions"][0]).read_text().splitlines()[:n]
+    items = []
+    for p in map(json.loads, lines):
+        q = p["instruction"].replace("\n", " ")[:100]
+        a = p["prediction"].replace("\n", " ")[:200]
+        items.append(f"- **{q}** → {a}")
+    return items
+
+
+def _table_row(r: dict) -> list[str]:
+    """model, ROUGE-L, train s (wall clock), train tokens/s, valid CE, gen tokens/s ("-": not trained)."""
+    def num(v, fmt: str) -> str:
+        return fmt.format(float("nan") if v is None else v)
+
+    rouge = next(iter((r.get("rougeL") or {}).values()), None)
+    train = ["-", "-", "-"] if r["kind"] == "reference" else \
+        [num(r["wall_clock_s"], "{:.0f}"), num(r["tokens_per_s"], "{:.0f}"), num(r["valid_loss"], "{:.3f}")]
+    return [LABELS.get(r["name"], r["name"]), num(rouge and rouge["mean"], "{:.2f}"), *train,
+            num(r.get("gen_tokens_per_s"), "{:.0f}")]
+
+
+def demo_report(plan: DemoPlan, grid_plan) -> str:
+    """report.md of the demo: one table row per model (from okd compare's results) and sample answers."""
+    from okd.compare import collect_results
     from okd.eval.report import markdown_table
 
-    rows = []
-    for label, res in results.items():
-        d = next(iter(res["datasets"].values()))
-        s = summaries.get(label, {})
-        rows.append([label, f"{d['rougeL']['mean']:.2f}",
-                     f"{s['wall_clock_s']:.0f}" if s else "-",
-                     f"{s['tokens_per_s']:.0f}" if s else "-",
-                     f"{s['final_metrics'].get('valid_loss', float('nan')):.3f}" if s else "-",
-                     f"{d['generation']['tokens_per_s']:.0f}"])
-    table = markdown_table(["model", "ROUGE-L", "train s", "train tokens/s", "valid CE", "gen tokens/s"], rows)
-    lines = [f"# okd demo ({'tiny' if 'tiny' in plan.teacher else 'SmolLM2-135M-Instruct → 8-layer student'})",
-             "", f"Budget per method: {plan.steps} steps × batch {plan.batch_size}, max length "
-             f"{plan.max_length}, {'bf16 autocast' if plan.mixed_precision == 'bf16' else 'fp32'}; eval: {plan.eval_limit} held-out prompts, one sampled answer "
-             f"(temperature 1), {plan.max_new_tokens} new tokens.", "", table, "", "## Sample answers", ""]
-    for label, res in results.items():
-        d = next(iter(res["datasets"].values()))
-        pred_file = out / "eval" / d["predictions"][0]
-        preds = [json.loads(line) for line in pred_file.read_text().splitlines()[:3]]
-        lines.append(f"### {label}")
-        for p in preds:
-            q = p["instruction"].replace("\n", " ")[:100]
-            a = p["prediction"].replace("\n", " ")[:200]
-            lines.append(f"- **{q}** → {a}")
-        lines.append("")
+    rows = collect_results(grid_plan)
+    lines = [f"# okd demo ({plan.title})", "",
+             f"Budget per method: {plan.steps} steps × batch {plan.batch_size}, max length {plan.max_length}, "
+             f"{'bf16 autocast' if plan.mixed_precision == 'bf16' else 'fp32'}; eval: {plan.eval_limit} held-out "
+             f"prompts, one sampled answer (temperature 1), {plan.max_new_tokens} new tokens.", "",
+             markdown_table(["model", "ROUGE-L", "train s", "train tokens/s", "valid CE", "gen tokens/s"],
+                            [_table_row(r) for r in rows]),
+             "", "## Sample answers", ""]
+    for r in rows:
+        lines += [f"### {LABELS.get(r['name'], r['name'])}", *_samples(grid_plan.out, r["name"]), ""]
     text = "\n".join(lines)
-    (out / "report.md").write_text(text)
+    (grid_plan.out / "report.md").write_text(text)
     return text
 
 
 def run_demo(out: str | Path = "runs/demo", *, tiny: bool = False, steps: int | None = None,
              eval_limit: int | None = None) -> Path:
+    """Prepare the models and data, then train, evaluate and report the demo grid through okd compare."""
+    import yaml
+
+    from okd.compare import run_compare
+
     out = Path(out) / ("tiny" if tiny else "smollm2")
     out.mkdir(parents=True, exist_ok=True)
     plan = prepare_tiny(out) if tiny else prepare_real(out)
@@ -176,11 +188,10 @@ def run_demo(out: str | Path = "runs/demo", *, tiny: bool = False, steps: int | 
         plan.steps = steps
     if eval_limit:
         plan.eval_limit = eval_limit
-    summaries = train_methods(plan, out)
-    models = {"teacher": plan.teacher, "student (untrained)": plan.student}
-    models.update({name: str(out / name / "student") for name in plan.methods})
-    results = evaluate_models(plan, out, models)
+    grid = out / "grid.yaml"  # `okd compare -c <out>/grid.yaml` gives compare's full report of the same runs
+    grid.write_text(yaml.safe_dump(demo_grid(plan, out), sort_keys=False, allow_unicode=True))
+    run_compare(grid, progress=sys.stderr.isatty(), log=_say, report=lambda p: demo_report(plan, p))
     print()
-    print(report(plan, out, summaries, results))
+    print((out / "report.md").read_text())
     _say(f"report written to {out / 'report.md'}")
     return out

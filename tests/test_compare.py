@@ -89,7 +89,7 @@ def test_second_invocation_skips_finished_work(finished, monkeypatch):
 
     monkeypatch.setattr(okd.train, "train", boom)
     monkeypatch.setattr(okd.eval, "run_eval", boom)
-    monkeypatch.setattr("okd.compare._train_subprocess", boom)
+    monkeypatch.setattr("okd.compare.execute._train_subprocess", boom)
     log: list[str] = []
     run_compare(copy.deepcopy(tree), log=log.append)
     assert sum("complete, skipped" in line for line in log) == 3

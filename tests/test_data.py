@@ -335,3 +335,104 @@ def test_named_preset_is_resolved(tmp_path, monkeypatch):
     assert load_examples("mypreset", split="valid")[0].response == "Shakespeare"
     with pytest.raises(OkdError, match="does not exist"):
         load_examples("other.jsonl")
+
+
+# ---------------------------------------------------------------------------------------------------
+# issue 18: what used to pass silently or end in a traceback
+
+
+def test_skip_invalid_says_how_many_on_the_console(tmp_path, caplog):
+    """The trainer reads through load_examples_with_stats: the count of dropped records is logged there."""
+    f = tmp_path / "d.jsonl"
+    f.write_text("\n".join([json.dumps(ALPACA), "{bad json", json.dumps(DOLLY)]) + "\n")
+    with caplog.at_level(logging.WARNING, logger="okd.data"):
+        _, stats = load_examples_with_stats(f, skip_invalid=True)
+    assert stats["skipped"] == 1
+    assert "data.skip_invalid: skipped 1 invalid record(s) of 3" in caplog.text
+    assert caplog.text.count("skipped 1 invalid") == 1
+
+
+def test_split_directory_warns_about_files_it_does_not_read(tmp_path, caplog):
+    write_jsonl(tmp_path / "train.jsonl", [ALPACA])
+    write_jsonl(tmp_path / "more_data.jsonl", [DOLLY, DOLLY])
+    with caplog.at_level(logging.WARNING, logger="okd.data"):
+        examples, stats = load_examples_with_stats(tmp_path)
+    assert len(examples) == 1 and stats["ignored_files"] == [str(tmp_path / "more_data.jsonl")]
+    warned = [r.getMessage() for r in caplog.records if "not read" in r.getMessage()]
+    assert len(warned) == 1 and "more_data.jsonl not read" in warned[0] and "train.jsonl" in warned[0]
+
+
+def test_missing_local_path_is_not_looked_up_on_the_hub(tmp_path, monkeypatch):
+    import datasets
+
+    def no_hub(*a, **k):
+        raise AssertionError("looked up on the hub")
+
+    monkeypatch.setattr(datasets, "load_dataset", no_hub)
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "data").mkdir()
+    for source in ("data/dolly", "data/train.jsonl", "../x/y", "./dolly"):
+        with pytest.raises(OkdError, match=r"does not exist \(no such file or directory"):
+            load_examples(source)
+
+
+def test_line_separators_inside_a_jsonl_string(tmp_path):
+    """U+2028 and friends are legal inside a JSON string: a JSONL file is split on newlines only."""
+    f = tmp_path / "d.jsonl"
+    f.write_text(json.dumps({"instruction": "a\u2028b\x0cc", "output": "d\u2029e"}, ensure_ascii=False) + "\n",
+                 encoding="utf-8")
+    (ex,) = load_examples(f)
+    assert ex.instruction == "a\u2028b\x0cc" and ex.response == "d\u2029e"
+
+
+@pytest.mark.parametrize("line,expected", [
+    ('{"instruction": "a\\ud800", "output": "b"}', "line 1: field 'instruction' holds text that is not valid Unicode"),
+    ("[" * 5000 + "]" * 5000, "line 1: unreadable JSON (nested too deeply)"),
+    ('{"instruction": "a", "output": ' + "7" * 5000 + "}", "line 1: unreadable JSON (Exceeds the limit"),
+    ('{"a\\nb": 1}', r"line 1: record matches no known format (keys: a\nb)"),
+])
+def test_records_no_reader_can_take_are_record_errors(tmp_path, line, expected):
+    f = tmp_path / "d.jsonl"
+    f.write_text(line + "\n")
+    with pytest.raises(OkdError) as e:
+        load_examples(f)
+    assert expected in str(e.value) and "\n" not in str(e.value)
+    g = tmp_path / "d.json"
+    g.write_text("[" + line + "]")
+    with pytest.raises(OkdError) as e:
+        load_examples(g)
+    assert "\n" not in str(e.value)
+
+
+def test_prompts_cut_to_the_template_are_refused_or_warned(tok, caplog):
+    """max_length so small that prompts keep only "### Response:": an error when that is most examples, a
+    warning with the count when it is a few."""
+    long = Example(instruction="Explain this at length " * 8, response="Sure.")
+    with pytest.raises(OkdError, match=r"data\.max_length=20 leaves no room for the instruction in 1 of 1 "
+                                       r"examples.*raise data\.max_length"):
+        encode_examples([long], tok, "alpaca", 20)
+    _, stats = encode_examples([long], tok, "plain", 20)  # plain: nothing after the instruction, its end is kept
+    assert stats["prompt_lost"] == 0 and stats["truncated_prompt"] == 1
+    long_answer = Example(instruction="Say it.", response="a fairly long answer, 30 chars")
+    short = [Example(instruction="Hi.", response="Hello.")] * 3
+    with caplog.at_level(logging.WARNING, logger="okd.data"):
+        feats, stats = encode_examples([long_answer, *short], tok, "alpaca", 40)
+    assert stats["prompt_lost"] == 1 and len(feats) == 4
+    assert "data.max_length=40 leaves no room for the instruction in 1 of 4 examples" in caplog.text
+
+
+def test_files_that_are_not_json_records(tmp_path):
+    (tmp_path / "obj.json").write_text('{\n  "data": [{"instruction": "a", "output": "b"}]\n}\n')
+    (tmp_path / "one.json").write_text('{\n  "instruction": "a",\n  "output": "b"\n}\n')  # one pretty-printed record
+    (tmp_path / "x.csv").write_text("instruction,output\na,b\n")
+    (tmp_path / "x.jsonl.gz").write_bytes(b"\x1f\x8b\x08\x00")
+    (tmp_path / "notes.txt").write_text("hello world\n")
+    with pytest.raises(OkdError, match=r"obj\.json: one JSON object whose records are under 'data'"):
+        load_examples(tmp_path / "obj.json")
+    assert load_examples(tmp_path / "one.json")[0].response == "b"
+    with pytest.raises(OkdError, match=r"x\.csv: a CSV file; .* convert it to JSON Lines first"):
+        load_examples(tmp_path / "x.csv")
+    with pytest.raises(OkdError, match=r"x\.jsonl\.gz: a gzip-compressed file; .* decompress it first"):
+        load_examples(tmp_path / "x.jsonl.gz")
+    with pytest.raises(OkdError, match=r"notes\.txt: not JSON Lines or a JSON array \(line 1 is not JSON\)"):
+        load_examples(tmp_path / "notes.txt", skip_invalid=True)

@@ -63,6 +63,15 @@ def world(tmp_path_factory, tiny_dirs, tiny_data) -> dict[str, Path]:
     tok.save_pretrained(other)
     w["other_tokenizer"] = other
     w["a_file"] = write("a_file", "")
+    # issue 18
+    w["config_duplicate"] = write("dup.yaml", "train:\n  lr: 1.0e-4\n  lr: 3.0e-4\n")
+    w["config_binary"] = root / "binary.yaml"
+    w["config_binary"].write_bytes(b"\xff\xfe\x00\x01train")
+    w["config_bad_date"] = write("date.yaml", "output_dir: 2024-13-45\n")
+    w["short_answers"] = write("short.jsonl", "".join(
+        json.dumps({"instruction": f"Please say the word number {i}.", "output": "ok"}) + "\n" for i in range(8)))
+    w["deep_json"] = write("deep.jsonl", '{"instruction": ' + "[" * 5000 + "]" * 5000 + ', "output": "x"}\n')
+    w["surrogate"] = write("surrogate.jsonl", '{"instruction": "a\\ud800", "output": "b"}\n')
     return w
 
 
@@ -105,6 +114,8 @@ CASES = [
     ("config-section-not-a-mapping", lambda w, b, t: ["-c", str(w["config_section_scalar"]), *b],
      r"'train' is not a section"),
     ("unknown-key", lambda w, b, t: [*b, "train.lrr=1e-4"], r"config key 'train\.lrr': unknown key"),
+    ("unknown-key-wrong-section", lambda w, b, t: [*b, "train.rank=4"],
+     r"config key 'train\.rank': unknown key \(did you mean 'online\.rank'\?"),
     ("unknown-section", lambda w, b, t: [*b, "trian.lr=1e-4"], r"config key 'trian': unknown key"),
     ("ill-typed-number", lambda w, b, t: [*b, "train.lr=fast"], r"config key 'train\.lr': Input should be a valid number"),
     ("ill-typed-integer", lambda w, b, t: [*b, "train.max_steps=1.5"], r"config key 'train\.max_steps': .*integer"),
@@ -123,6 +134,37 @@ CASES = [
     ("unknown-divergence", lambda w, b, t: [*b, "method.divergence=kl"], r"config key 'method\.divergence'"),
     ("unknown-template", lambda w, b, t: [*b, "data.template=vicuna"], r"config key 'data\.template'"),
     ("fp16-on-cpu", lambda w, b, t: [*b, "train.mixed_precision=fp16"], r"fp16 needs a GPU"),
+    ("config-duplicate-key", lambda w, b, t: ["-c", str(w["config_duplicate"]), *b],
+     r"config file '.*dup\.yaml' line 3 is not valid YAML: key 'lr' appears twice in one mapping"),
+    ("config-not-utf8", lambda w, b, t: ["-c", str(w["config_binary"]), *b], r"config file '.*binary\.yaml' is not UTF-8"),
+    ("config-is-a-directory", lambda w, b, t: ["-c", str(w["empty_dir"]), *b], r"config file '.*empty_dir' is a directory"),
+    ("config-bad-date", lambda w, b, t: ["-c", str(w["config_bad_date"]), *b],
+     r"config file '.*date\.yaml' is not valid YAML \(ValueError: month must be in 1\.\.12\)"),
+    ("override-empty-key-part", lambda w, b, t: [*b, "train..lr=1"], r"config key 'train\.\.lr' has an empty part"),
+    ("integer-written-as-exponent", lambda w, b, t: [*b, "train.max_steps=2e3"],
+     r"config key 'train\.max_steps': Input should be a valid integer; YAML reads 2e3 as text, not a number: write 2000"),
+    ("section-given-a-value", lambda w, b, t: [*b, "method=fkd"],
+     r"config key 'method': .*; method is a section of keys: set one of them, e\.g\. method\.name=fkd"),
+    ("boolean-for-integer", lambda w, b, t: [*b, "train.max_steps=true"],
+     r"config key 'train\.max_steps': Input should be a valid integer; got the boolean true \(YAML reads"),
+    ("boolean-for-number", lambda w, b, t: [*b, "method.ce_weight=yes"],
+     r"config key 'method\.ce_weight': Input should be a valid number; got the boolean true"),
+    ("number-for-string", lambda w, b, t: [*b, "output_dir=2024"],
+     r"config key 'output_dir': Input should be a valid string; YAML reads 2024 as a number: quote it"),
+    ("not-finite", lambda w, b, t: [*b, "train.lr=.inf"], r"config key 'train\.lr': Input should be a finite number"),
+    ("ce-weight-negative", lambda w, b, t: [*b, "method.ce_weight=-5"], r"config key 'method\.ce_weight': must be >= 0"),
+    ("max-new-tokens-zero", lambda w, b, t: [*b, "method.max_new_tokens=0"],
+     r"config key 'method\.max_new_tokens': must be >= 1"),
+    ("gen-temperature-negative", lambda w, b, t: [*b, "method.gen_temperature=-1"],
+     r"config key 'method\.gen_temperature': must be >= 0"),
+    ("top-p-out-of-range", lambda w, b, t: [*b, "method.top_p=0"], r"config key 'method\.top_p': must be > 0 and <= 1"),
+    ("lora-alpha-not-positive", lambda w, b, t: [*b, "online.lora_alpha=-8"], r"config key 'online\.lora_alpha': must be > 0"),
+    ("dropout-out-of-range", lambda w, b, t: [*b, "online.dropout=1.5"],
+     r"config key 'online\.dropout': must be >= 0 and < 1"),
+    ("empty-list", lambda w, b, t: [*b, "online.target_modules=[]"],
+     r"config key 'online\.target_modules': must not be an empty list"),
+    ("seed-out-of-range", lambda w, b, t: [*b, "train.seed=-1"], r"config key 'train\.seed': must be between 0 and"),
+    ("output-dir-empty", lambda w, b, t: [*b, "output_dir="], r"config key 'output_dir': must not be empty"),
     # --- methods and teachers
     ("method-needs-teacher", lambda w, b, t: [*without(b, "teacher.path"), "method.name=fkd"],
      r"method 'fkd' needs a teacher; set teacher\.path"),
@@ -171,6 +213,14 @@ CASES = [
     ("every-example-too-long", lambda w, b, t: [*b, f"data.train={w['long_responses']}", "data.max_length=24"],
      r"every training example is longer than data\.max_length=24 .* raise data\.max_length"),
     ("max-length-below-two", lambda w, b, t: [*b, "data.max_length=1"], r"data\.max_length must be at least 2"),
+    ("prompt-cut-to-template", lambda w, b, t: [*b, f"data.train={w['short_answers']}", "data.max_length=18"],
+     r"data\.max_length=18 leaves no room for the instruction in 8 of 8 examples.*raise data\.max_length"),
+    ("unreadable-json", lambda w, b, t: [*b, f"data.train={w['deep_json']}"],
+     r"deep\.jsonl line 1: unreadable JSON \(nested too deeply\); fix the record or set data\.skip_invalid"),
+    ("text-not-unicode", lambda w, b, t: [*b, f"data.train={w['surrogate']}"],
+     r"surrogate\.jsonl line 1: field 'instruction' holds text that is not valid Unicode"),
+    ("model-file-missing", lambda w, b, t: [*b, "student.path=no_such_dir/model.gguf"],
+     r"model 'no_such_dir/model\.gguf' not found: not a local path.*\(nothing at 'no_such_dir/model\.gguf' relative to"),
     # --- the output directory
     ("output-dir-under-a-file", lambda w, b, t: [*b, f"output_dir={w['a_file'] / 'run'}"],
      r"output_dir '.*a_file/run' is not writable"),
@@ -230,6 +280,41 @@ def test_checkpoint_of_another_model(world, tmp_path, capsys):
     check_one_line(*run_cli(capsys, [*args, "--resume"]), r"checkpoint '.*step-0000002' cannot be resumed with this config")
 
 
+def test_damaged_checkpoint(world, tmp_path, capsys):
+    """A truncated optim.pt (a copy or a disk that filled up outside okd) is a damaged checkpoint, not a
+    config mismatch; the message names the checkpoint before it."""
+    args = [*base(world, tmp_path), "method.name=fkd", "train.max_steps=3", "train.save_every=1"]
+    assert run_cli(capsys, args)[0] == 0
+    run = tmp_path / "run"
+    (run / "summary.json").unlink()
+    last = sorted((run / "checkpoints").glob("step-*"))[-1]
+    data = (last / "optim.pt").read_bytes()
+    (last / "optim.pt").write_bytes(data[: len(data) // 2])
+    check_one_line(*run_cli(capsys, [*args, "--resume"]),
+                   r"checkpoint '.*step-0000003' is damaged \(optim\.pt: BadZipFile: .*\), not resumable; delete it "
+                   r"to resume from step-0000002")
+
+
+def test_section_override_merges_into_the_file(world, tmp_path):
+    """Not a mistake: `method={name: fkd}` changes the name and keeps the file's other method keys."""
+    from okd.config import load_config
+
+    path = tmp_path / "c.yaml"
+    path.write_text("method:\n  name: okd\n  beta: 0.2\n  temperature: 2.0\ntrain:\n  lr: 1.0e-3\n")
+    cfg = load_config(path, ["method={name: fkd}", "train={max_steps: 7}"])
+    assert (cfg.method.name, cfg.method.beta, cfg.method.temperature) == ("fkd", 0.2, 2.0)
+    assert (cfg.train.lr, cfg.train.max_steps) == (1e-3, 7)
+
+
+def test_missing_relative_model_dir_is_not_looked_up_on_the_hub(world, tmp_path, capsys, monkeypatch):
+    """`runs/x` with runs/ here, or `../models/m`: a missing local path, said at once (no hub retries)."""
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "runs").mkdir()
+    for spec in ("runs/student", "../models/m", "runs/model.safetensors"):
+        check_one_line(*run_cli(capsys, [*base(world, tmp_path), f"student.path={spec}"]),
+                       rf"model '{spec}' not found: not a local path")
+
+
 def test_processes_that_did_not_join(world, tmp_path, capsys, monkeypatch):
     """`accelerate launch --num_processes 2` on a machine where the processes do not form one group."""
     monkeypatch.setenv("WORLD_SIZE", "2")
@@ -266,7 +351,15 @@ def test_catalogue_is_documented():
                                    "checkpoint-of-another-model", "processes-did-not-join", "nan-loss",
                                    "interrupted", "checkpoint-save-failed", "deepspeed-generating-method",
                                    "deepspeed-config-refused", "checkpoint-other-distributed-setting", "fsdp2-refused",
-                                   "fsdp-generating-method"]
+                                   "fsdp-generating-method", "checkpoint-damaged", "model-dir-missing-relative",
+                                   # tests/test_preflight.py (before any model loads) and its warnings
+                                   "student-vocab-too-small", "context-shorter-than-max-length",
+                                   "context-shorter-than-generation", "lm-data-missing", "seqkd-cache-is-a-directory",
+                                   "tracker-not-installed", "eval-output-not-writable", "eval-every-without-valid",
+                                   "unused-settings", "steps-beyond-max-steps", "batch-larger-than-data",
+                                   # tests/test_faults.py, tests/test_data.py
+                                   "output-dir-in-use", "skip-invalid-count", "unread-data-files", "prompts-partly-cut",
+                                   "data-other-format", "data-json-object"]
     missing = [i for i in ids if f"`{i}`" not in doc]
     assert not missing, missing
     assert len(ids) >= 20

@@ -292,7 +292,7 @@ def test_analyze_cli_trains_grid(model_dirs, tmp_path, capsys):
     assert main(args) == 0
     stats = json.loads((out / "analysis.json").read_text())["students"]
     assert list(stats) == ["rkl τ=2"] and (out / "runs" / "rkl_tau2" / "student").is_dir()
-    from okd.eval.runner import student_label
+    from okd.analyze import student_label
 
     assert student_label(out / "runs" / "rkl_tau2") == ("rkl τ=2", out / "runs" / "rkl_tau2" / "student")
     assert main(args) == 0  # second time the finished run is reused

@@ -43,8 +43,8 @@ if os.environ.get("OKD_TEST_DEEPSPEED_RELEASE"):  # free every gathered weight a
         return ds
 
     sharding.configure_deepspeed = configure_deepspeed
-    import okd.train.trainer
-    okd.train.trainer.configure_deepspeed = configure_deepspeed
+    import okd.train.strategy
+    okd.train.strategy.configure_deepspeed = configure_deepspeed
 
 if os.environ.get("OKD_TEST_SEED_PER_RANK"):  # other random streams on each process (samples of other lengths)
     import accelerate.utils

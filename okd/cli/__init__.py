@@ -8,13 +8,15 @@ Every module in this package exposes `register(subparsers)`, which adds its subc
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 
+from okd.cli import analyze, assets, compare, demo, teacher, train
+from okd.cli import eval as eval_command
 from okd.errors import OkdError
 
-# Subcommand modules, in the order they appear in `okd --help`.
-COMMAND_MODULES = ["train", "eval", "compare", "assets", "demo"]
+# Subcommand modules, in the order they appear in `okd --help`. Each imports only argparse-level
+# things at module level; the work (torch, models) is imported when a command runs.
+COMMANDS = [train, teacher, eval_command, analyze, compare, assets, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -27,13 +29,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     parser.add_argument("--version", action="version", version=f"okd {__version__}")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
-    for name in COMMAND_MODULES:
-        try:
-            module = importlib.import_module(f"okd.cli.{name}")
-        except ModuleNotFoundError as e:  # a command whose module is not written yet
-            if e.name != f"okd.cli.{name}":
-                raise
-            continue
+    for module in COMMANDS:
         module.register(sub)
     return parser
 

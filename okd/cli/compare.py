@@ -23,6 +23,7 @@ grid file (YAML):
   eval:
     data: [sharegpt, seed-tasks]  eval sets (files, directories or presets)
     split: test; seeds: 3; max_new_tokens: 64; limit: 32; template: chat; batch_size: 16; greedy: false
+    (and any other okd eval setting: temperature, top_p, top_k, max_prompt_length, max_length, dtype)
     references: [teacher, student_init]      also evaluate these untrained reference models
     exposure: {runs: [sft, okd], prompts: 8, samples: 2, max_len: 64, length: 32, data: ..., teacher: ...}
 

@@ -11,7 +11,7 @@ def register(sub) -> None:
     p = sub.add_parser("demo", help="run sft, fkd and okd end to end on the offline default and compare",
                        description=doc.split("\n\n")[1] if doc else None)
     p.add_argument("--tiny", action="store_true", help="tiny random models built on the fly (about a minute)")
-    p.add_argument("--steps", type=int, help="training steps per method (default: 25; tiny: 30)")
+    p.add_argument("--steps", type=int, help="training steps per method (default: 40; tiny: 150)")
     p.add_argument("--eval-limit", type=int, help="held-out prompts to evaluate (default: 40)")
     p.add_argument("-o", "--output", default="runs/demo", help="where runs, evaluations and report.md go")
     p.set_defaults(func=run)

@@ -44,7 +44,22 @@ def run(args) -> int:
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     cfg = load_config(args.config, args.overrides)
-    out = train(cfg, resume=args.resume, progress=not args.quiet)
+    try:
+        out = train(cfg, resume=args.resume, progress=not args.quiet)
+    finally:
+        _leave_process_group()
     if os.environ.get("RANK", "0") == "0":  # once, not once per process under accelerate launch
         print(f"done: {out}")
     return 0
+
+
+def _leave_process_group() -> None:
+    """A launched process tears its process group down before the interpreter exits: left to exit-time
+    destructors, gloo's threads were seen to abort a process after its outputs were written."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        try:
+            dist.destroy_process_group()
+        except Exception:  # noqa: BLE001 - a failed run's group may be broken already; exit as it was
+            pass

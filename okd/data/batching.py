@@ -15,7 +15,7 @@ class Collator:
     """Pads a list of features to the longest in the batch (right padding, pad labels = -100).
 
     Features are {"input_ids", "labels"} (lists or 1-D tensors); without "labels" every non-pad token
-    is labelled. A "prompt_len" present in every feature is passed through as a tensor.
+    is labelled. A "prompt_len" or "example_index" present in every feature is passed through as a tensor.
     """
 
     def __init__(self, pad_token_id: int, *, pad_to_multiple_of: int | None = None):
@@ -40,8 +40,9 @@ class Collator:
             "attention_mask": torch.tensor([[1] * len(i) + [0] * (width - len(i)) for i in ids]),
             "labels": torch.tensor([lab + [IGNORE_INDEX] * (width - len(lab)) for lab in labels]),
         }
-        if all("prompt_len" in f for f in features):
-            batch["prompt_len"] = torch.tensor([int(f["prompt_len"]) for f in features])
+        for key in ("prompt_len", "example_index"):  # passed through when every feature has it
+            if all(key in f for f in features):
+                batch[key] = torch.tensor([int(f[key]) for f in features])
         return batch
 
 

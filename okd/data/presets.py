@@ -215,6 +215,11 @@ def is_cached(name: str) -> bool:
     return False
 
 
+def is_data_preset(name: str) -> bool:
+    """Whether `name` (or `name:split`) names a data preset; builds nothing."""
+    return str(name).split(":", 1)[0] in DATA_PRESETS
+
+
 def resolve_data_preset(name: str, split: str = "train") -> Path | None:
     """The JSONL file for split `split` of preset `name` (built on first use); None if no preset.
 

@@ -55,6 +55,22 @@ class InvalidRecord(ValueError):
     """A record that cannot become an Example; the message says why (no location)."""
 
 
+def _show(text: Any, limit: int = 60) -> str:
+    """A piece of the user's data quoted in a message: on one line, printable, and short."""
+    text = str(text)
+    shown = text if text.isprintable() else repr(text)[1:-1]
+    return shown if len(shown) <= limit else shown[:limit] + "..."
+
+
+def _text(value: str, what: str) -> str:
+    try:
+        value.encode("utf-8")
+    except UnicodeEncodeError as e:  # a lone surrogate escape (\ud800) in the JSON: no tokenizer takes it
+        raise InvalidRecord(f"field '{what}' holds text that is not valid Unicode ({e.reason} at character "
+                            f"{e.start})") from None
+    return value
+
+
 # ---------------------------------------------------------------------------------------------------
 # records -> Example
 
@@ -65,7 +81,7 @@ def _field(rec: dict, key: str, *, what: str | None = None) -> str:
     if value is None:
         return ""
     if isinstance(value, str):
-        return value
+        return _text(value, what or key)
     if isinstance(value, (int, float)) and not isinstance(value, bool):
         return str(value)  # e.g. math answers stored as numbers
     raise InvalidRecord(f"field '{what or key}' must be a string, got {type(value).__name__}")
@@ -90,10 +106,14 @@ def _content(msg: Any, j: int, key: str) -> tuple[str, str]:
     ckey = "content" if "content" in msg else "value"
     content = msg.get(ckey)
     if isinstance(content, list):  # OpenAI-style content parts: keep the text parts
-        content = "".join(p.get("text", "") for p in content if isinstance(p, dict))
+        parts = [p.get("text") for p in content if isinstance(p, dict)]
+        if any(t is not None and not isinstance(t, str) for t in parts):
+            raise InvalidRecord(f"{key}[{j}].{ckey}: a content part's 'text' must be a string")
+        content = "".join(t for t in parts if t)
     elif content is not None and not isinstance(content, str):
         raise InvalidRecord(f"{key}[{j}].{ckey} must be a string, got {type(content).__name__}")
-    return ROLE_ALIASES.get(role.strip().lower(), role.strip().lower()), content or ""
+    _text(role, f"{key}[{j}].role")
+    return ROLE_ALIASES.get(role.strip().lower(), role.strip().lower()), _text(content or "", f"{key}[{j}].{ckey}")
 
 
 def _chat_example(rec: dict, key: str, source: str) -> Example:
@@ -103,7 +123,8 @@ def _chat_example(rec: dict, key: str, source: str) -> Example:
     turns = [_content(m, j, key) for j, m in enumerate(msgs)]
     last_role, response = turns[-1]
     if last_role != "assistant":
-        raise InvalidRecord(f"the last message in '{key}' must be the assistant's response, got role '{last_role}'")
+        raise InvalidRecord(f"the last message in '{key}' must be the assistant's response, got role "
+                            f"'{_show(last_role)}'")
     if not response.strip():
         raise InvalidRecord(f"empty response (last assistant message in '{key}')")
     prompt = turns[:-1]
@@ -143,7 +164,7 @@ def record_to_example(rec: Any, source: str = "") -> Example:
         if not prompt.strip():
             raise InvalidRecord("empty prompt (field 'prompt')")
         return Example(instruction=prompt, response=response, source=source)
-    keys = ", ".join(sorted(map(str, rec))) or "none"
+    keys = ", ".join(_show(k, 40) for k in sorted(map(str, rec))[:12]) + (", ..." if len(rec) > 12 else "") if rec else "none"
     raise InvalidRecord(f"record matches no known format (keys: {keys}); {FORMATS_HINT}")
 
 
@@ -166,6 +187,9 @@ def _iter_json_array(text: str, start: int, name: str) -> Iterator[tuple[int, An
         except json.JSONDecodeError as e:
             raise OkdError(f"{name} line {e.lineno}: malformed JSON ({e.msg}); a JSON array cannot be "
                            "read past a syntax error, fix the file") from None
+        except (ValueError, RecursionError) as e:  # a number of over 4300 digits, nesting too deep
+            at = text.count("\n", 0, i) + 1
+            raise OkdError(f"{name} line {at}: unreadable JSON ({_json_problem(e)}); fix the file") from None
         line += text.count("\n", counted, i)
         counted = i
         yield line, obj
@@ -182,28 +206,80 @@ def _iter_json_array(text: str, start: int, name: str) -> Iterator[tuple[int, An
             raise OkdError(f"{name} line {at}: malformed JSON (expected ',' or ']' in the array)")
 
 
-def _iter_file(path: Path, name: str) -> Iterator[tuple[int, Any]]:
-    """(line, record-or-InvalidRecord) for a JSON Lines file or a JSON array file."""
+# Files okd does not read, by suffix: what they are (the message says to convert them).
+OTHER_FORMATS = {".gz": "gzip-compressed", ".bz2": "bzip2-compressed", ".xz": "xz-compressed", ".zst": "zstd-compressed",
+                 ".zip": "zip archive", ".parquet": "Parquet", ".arrow": "Arrow", ".csv": "CSV", ".tsv": "TSV",
+                 ".xlsx": "Excel"}
+
+
+def _read_text(path: Path, name: str) -> str:
+    kind = OTHER_FORMATS.get(path.suffix.lower())
+    if kind:
+        todo = "decompress it" if kind.endswith("compressed") else "convert it to JSON Lines"
+        raise OkdError(f"{name}: a {kind} file; okd reads JSON Lines (.jsonl) or a JSON array (.json) of records: "
+                       f"{todo} first")
     try:
-        text = path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from Windows editors
+        return path.read_text(encoding="utf-8-sig")  # -sig: tolerate a BOM from Windows editors
     except UnicodeDecodeError as e:
         raise OkdError(f"{name}: not UTF-8 text ({e.reason} at byte {e.start})") from None
     except OSError as e:
         raise OkdError(f"{name}: cannot read ({e.strerror})") from None
+
+
+def _whole_object(text: str, name: str) -> dict | None:
+    """A file holding one pretty-printed JSON object (not JSON Lines): the object, or an error when its
+    records sit under a key ({"data": [...]}, as some exports write them); None when it is not one."""
+    if text.count("\n", 0, len(text.rstrip())) == 0:
+        return None  # one line: JSON Lines with one record
+    try:
+        obj = json.loads(text)
+    except (ValueError, RecursionError):
+        return None
+    if not isinstance(obj, dict):
+        return None
+    lists = [k for k, v in obj.items() if isinstance(v, list) and v and all(isinstance(x, dict) for x in v)]
+    if lists and not any(k in obj for k in ("messages", "conversations")):
+        raise OkdError(f"{name}: one JSON object whose records are under {_show(lists[0])!r}, not JSON Lines or a JSON "
+                       f"array of records; write them out as an array (e.g. jq '.{_show(lists[0])}' {name})")
+    return obj
+
+
+def _iter_file(path: Path, name: str) -> Iterator[tuple[int, Any]]:
+    """(line, record-or-InvalidRecord) for a JSON Lines file or a JSON array file."""
+    text = _read_text(path, name)
     start = _WS.match(text).end()
     if start == len(text):
         raise OkdError(f"{name}: the file is empty; expected JSON Lines or a JSON array of records")
     if text.startswith("[", start):
         yield from _iter_json_array(text, start, name)
         return
-    for lineno, line in enumerate(text.splitlines(), 1):
+    whole = _whole_object(text, name) if text.startswith("{", start) else None
+    if whole is not None:
+        yield text.count("\n", 0, start) + 1, whole
+        return
+    first = True
+    for lineno, line in enumerate(text.split("\n"), 1):  # (not splitlines: U+2028 may sit inside a string)
         if not line.strip():
             continue
         try:
-            yield lineno, json.loads(line)
+            rec = json.loads(line)
         except json.JSONDecodeError as e:
+            if first and not path.name.lower().endswith(DATA_SUFFIXES) and not line.lstrip().startswith("{"):
+                raise OkdError(f"{name}: not JSON Lines or a JSON array (line {lineno} is not JSON); okd reads "
+                               ".jsonl/.json records: convert the file first") from None
             # malformed lines are record errors (skippable), unlike a broken JSON array
             yield lineno, InvalidRecord(f"malformed JSON ({e.msg} at column {e.colno})")
+        except (ValueError, RecursionError) as e:
+            yield lineno, InvalidRecord(f"unreadable JSON ({_json_problem(e)})")
+        else:
+            yield lineno, rec
+        first = False
+
+
+def _json_problem(e: BaseException) -> str:
+    if isinstance(e, RecursionError):
+        return "nested too deeply"
+    return " ".join(str(e).split(":")[0].split())  # "Exceeds the limit (4300 digits) for integer string conversion"
 
 
 def _display(path: Path) -> str:
@@ -223,8 +299,12 @@ def _split_of(path: Path) -> str | None:
     return None
 
 
-def _dir_files(directory: Path, split: str, name: str) -> list[Path]:
-    files = sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(DATA_SUFFIXES))
+def _dir_files(directory: Path, split: str, name: str) -> tuple[list[Path], list[Path]]:
+    """(files read for `split`, data files not read: neither named for a split nor the only kind there)."""
+    try:
+        files = sorted(p for p in directory.iterdir() if p.is_file() and p.name.endswith(DATA_SUFFIXES))
+    except OSError as e:
+        raise OkdError(f"{name}: cannot read the directory ({e.strerror})") from None
     if not files:
         raise OkdError(f"{name}: the directory has no .jsonl or .json files")
     by_split: dict[str, list[Path]] = {}
@@ -233,13 +313,45 @@ def _dir_files(directory: Path, split: str, name: str) -> list[Path]:
         if s is not None:
             by_split.setdefault(s, []).append(p)
     if not by_split:
-        return files  # not split: read everything
+        return files, []  # not split: read everything
     want = SPLIT_ALIASES.get(split.lower(), split.lower())
     if want not in by_split:
         have = ", ".join(sorted(by_split))
         raise OkdError(f"{name}: no file for split '{split}' (found splits: {have}); "
                        "name the file train.jsonl / valid.jsonl / test.jsonl or point at the file")
-    return by_split[want]
+    return by_split[want], [p for p in files if _split_of(p) is None]
+
+
+def _is_dir(path: Path) -> bool:
+    return os.path.isdir(path)  # (unlike Path.is_dir, False for a name too long or holding a NUL)
+
+
+def _is_file(path: Path) -> bool:
+    return os.path.isfile(path)
+
+
+def data_files(source: str | os.PathLike, split: str = "train") -> tuple[list[Path], list[Path]] | None:
+    """The local files `source` reads for `split` and the data files beside them that it does not read
+    (a directory split by file name: train.jsonl is read, notes.jsonl is not); None for a named preset
+    or a hub dataset id. Raises the reader's OkdError for a missing path or an empty directory."""
+    source = os.fspath(source)
+    path = Path(source).expanduser()
+    if _is_dir(path):
+        return _dir_files(path, split, source)
+    if _is_file(path):
+        return [path], []
+    if _is_preset_name(source) or _looks_like_hub_id(source):
+        return None
+    raise OkdError(f"data source '{source}' does not exist (no such file or directory, and not "
+                   "a named data preset); check the path")
+
+
+def _is_preset_name(source: str) -> bool:
+    try:
+        from okd.data.presets import is_data_preset
+    except ImportError:
+        return False
+    return is_data_preset(source)
 
 
 # ---------------------------------------------------------------------------------------------------
@@ -247,9 +359,13 @@ def _dir_files(directory: Path, split: str, name: str) -> list[Path]:
 
 
 def _looks_like_hub_id(source: str) -> bool:
-    """`owner/name` or `name` without a data-file suffix; anything else is treated as a local path."""
-    return (re.fullmatch(r"[\w.-]+(/[\w.-]+)?", source) is not None
-            and not source.endswith(DATA_SUFFIXES) and not source.startswith("."))
+    """`owner/name` or `name` without a data-file suffix, and not below a local directory that exists
+    (data/dolly with data/ here is a missing local path); anything else is treated as a local path."""
+    if re.fullmatch(r"[\w.-]+(/[\w.-]+)?", source) is None or source.endswith(DATA_SUFFIXES):
+        return False
+    if source.startswith(".") or ".." in source or "--" in source:
+        return False
+    return "/" not in source or not _is_dir(Path(source.split("/")[0]))
 
 
 def _resolve_preset(name: str, split: str) -> Path | None:
@@ -280,9 +396,9 @@ def _iter_hub(source: str, split: str) -> Iterator[tuple[str, str, Any]]:
 def _iter_records(source: str, split: str) -> Iterator[tuple[str, str, Any]]:
     """(where, Example.source, record-or-InvalidRecord) for every record of the source."""
     path = Path(source).expanduser()
-    if path.is_dir():
-        files = _dir_files(path, split, source)
-    elif path.is_file():
+    if _is_dir(path):
+        files, _ = _dir_files(path, split, source)
+    elif _is_file(path):
         files = [path]
     else:
         preset = _resolve_preset(source, split)
@@ -306,6 +422,12 @@ def load_examples_with_stats(source: str | os.PathLike, *, split: str = "train",
     if limit is not None and limit < 1:
         raise OkdError(f"data limit must be a positive number of examples, got {limit}")
     source = os.fspath(source)
+    files = data_files(source, split)
+    if files and files[1]:
+        names = ", ".join(_show(p.name) for p in files[1][:5]) + (", ..." if len(files[1]) > 5 else "")
+        log.warning("%s: %s not read: the directory names its files by split (%s) and only those of split '%s' "
+                    "are read; rename the others (e.g. %s-2.jsonl) or point at a file", source, names,
+                    ", ".join(_show(p.name) for p in files[0][:3]), split, split)
     examples: list[Example] = []
     read = skipped = 0
     first_problem = ""
@@ -327,14 +449,16 @@ def load_examples_with_stats(source: str | os.PathLike, *, split: str = "train",
         if read == 0:
             raise OkdError(f"{source}: no records found")
         raise OkdError(f"{source}: no valid records ({skipped} of {read} invalid; first: {first_problem})")
-    return examples, {"read": read, "skipped": skipped, "first_problem": first_problem}
+    if skipped:  # data.skip_invalid: say on the console how many were dropped
+        log.warning("data.skip_invalid: skipped %d invalid record(s) of %d in %s (first: %s)", skipped, read,
+                    source, first_problem)
+    stats = {"read": read, "skipped": skipped, "first_problem": first_problem}
+    stats["ignored_files"] = [str(p) for p in files[1]] if files else []
+    return examples, stats
 
 
 def load_examples(source: str | os.PathLike, *, split: str = "train", skip_invalid: bool = False,
                   limit: int | None = None) -> list[Example]:
-    """Read examples from a file, directory, named preset or hub dataset (see the module doc)."""
-    examples, stats = load_examples_with_stats(source, split=split, skip_invalid=skip_invalid, limit=limit)
-    if stats["skipped"]:
-        log.warning("skipped %d invalid record(s) of %d in %s (first: %s)", stats["skipped"],
-                    stats["read"], os.fspath(source), stats["first_problem"])
-    return examples
+    """Read examples from a file, directory, named preset or hub dataset (see the module doc); invalid
+    records skipped (skip_invalid) and data files a split directory does not read are logged as warnings."""
+    return load_examples_with_stats(source, split=split, skip_invalid=skip_invalid, limit=limit)[0]

@@ -8,8 +8,13 @@ next to the response, matters most); a response that alone leaves no room is cut
 
 from __future__ import annotations
 
+import logging
+
 from okd.errors import OkdError
+from okd.data.readers import Example
 from okd.data.templates import check_template, format_prompt
+
+log = logging.getLogger("okd.data")
 
 IGNORE_INDEX = -100
 MIN_PROMPT_TOKENS = 8  # prompt tokens kept when a long response has to be cut
@@ -41,6 +46,18 @@ class _Encoder:
         # Tokenizing with add_special_tokens=False keeps special tokens written in the text (a chat
         # template's own BOS); a BOS is added only where the tokenizer would add one and it is missing.
         self.bos = _bos_to_add(tokenizer)
+        self.header = self._header_tokens()
+
+    def _header_tokens(self) -> int:
+        """Tokens the template puts after the instruction (alpaca: "\n\n### Response:\n"): a prompt cut to
+        no more than these (and a BOS) has lost every token of its instruction."""
+        marker = "okd-instruction-end"
+        try:
+            text = format_prompt(Example(instruction=marker, response="x"), self.template, self.tok)
+        except OkdError:
+            return 0
+        tail = text[text.rfind(marker) + len(marker):]
+        return len(self.tok(tail, add_special_tokens=False)["input_ids"]) if tail else 0
 
     def texts(self, examples) -> tuple[list[list[int]], list[list[int]]]:
         prompts = [format_prompt(ex, self.template, self.tok) for ex in examples]
@@ -80,6 +97,8 @@ class _Encoder:
             if len(p) > room:
                 p = self.left_cut(p, room)
                 stats["truncated_prompt"] += 1
+                if len(p) <= self.header + (self.bos is not None):
+                    stats["prompt_lost"] += 1
         if not p or not r:
             stats["dropped"] += 1
             return None
@@ -90,8 +109,22 @@ class _Encoder:
 
 
 def _new_stats(n: int) -> dict:
-    return {"n": n, "truncated_prompt": 0, "truncated_response": 0, "dropped": 0,
+    return {"n": n, "truncated_prompt": 0, "truncated_response": 0, "dropped": 0, "prompt_lost": 0,
             "tokens": 0, "response_tokens": 0, "max_len": 0}
+
+
+def _check_prompts_kept(stats: dict, max_length: int, header: int) -> None:
+    """Prompts cut to the template's last tokens keep none of their instruction: trained on, they teach
+    answers to "### Response:" alone. An error when that is most examples, else a warning with the count.
+    (When every response is cut short too, the caller's message about that comes first.)"""
+    lost, n = stats["prompt_lost"], stats["n"]
+    if not lost or stats["truncated_response"] >= n:
+        return
+    what = (f"data.max_length={max_length} leaves no room for the instruction in {lost} of {n} examples: their "
+            f"prompts were cut from the left to at most the template's last {header} tokens")
+    if 2 * lost > n:
+        raise OkdError(f"{what}, so the model would learn answers without their questions; raise data.max_length")
+    log.warning("%s (they train on answers without their questions); raise data.max_length to keep them", what)
 
 
 def encode_example(example, tokenizer, template: str, max_length: int) -> dict | None:
@@ -105,8 +138,10 @@ def encode_examples(examples, tokenizer, template: str, max_length: int, *,
                     progress: bool = False) -> tuple[list[dict], dict]:
     """Encode many examples (batched tokenizer calls); returns (features, stats).
 
-    stats: n (examples given), truncated_prompt, truncated_response, dropped, tokens (in the
-    features), response_tokens (labelled tokens), max_len (longest feature).
+    stats: n (examples given), truncated_prompt, truncated_response, dropped, prompt_lost (prompts cut
+    to no more than the template's tokens after the instruction), tokens (in the features),
+    response_tokens (labelled tokens), max_len (longest feature). When most prompts lose their whole
+    instruction that is an OkdError (a warning for fewer).
     """
     examples = list(examples)
     if not examples:
@@ -129,6 +164,7 @@ def encode_examples(examples, tokenizer, template: str, max_length: int, *,
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
+    _check_prompts_kept(stats, max_length, enc.header)
     if not features:
         raise OkdError(f"none of the {len(examples)} examples could be tokenized within data.max_length="
                        f"{max_length}; raise data.max_length or check the data")

@@ -20,8 +20,12 @@ def markdown_table(headers: list[str], rows: list[list]) -> str:
     return "\n".join(lines)
 
 
-def _mean_std(r: dict) -> str:
-    return f"{r['mean']:.2f} ± {r['std']:.2f}" if r.get("std") is not None else f"{r['mean']:.2f}"
+def format_mean_std(r: dict | None, digits: int = 2) -> str:
+    """A {mean, std} score as "12.34 ± 0.56" ("12.34" without a std, "n/a" without a score)."""
+    if not r:
+        return "n/a"
+    return (f"{r['mean']:.{digits}f} ± {r['std']:.{digits}f}" if r.get("std") is not None
+            else f"{r['mean']:.{digits}f}")
 
 
 def eval_table(results: dict) -> str:
@@ -35,7 +39,7 @@ def eval_table(results: dict) -> str:
     for name, d in datasets.items():
         r = d["rougeL"]
         greedy = (results.get("settings") or {}).get("greedy")
-        row = [name, d["examples"], _mean_std(r), "greedy" if greedy else r.get("runs", 1)]
+        row = [name, d["examples"], format_mean_std(r), "greedy" if greedy else r.get("runs", 1)]
         if with_teacher:
             ex, tf = d.get("exposure_bias") or {}, (d.get("teacher_forced") or {}).get("overall") or {}
             agree = tf.get("top1_agreement")
@@ -72,7 +76,8 @@ def analysis_table(stats: dict[str, dict]) -> str:
     return table
 
 
-def _plt():
+def pyplot():
+    """matplotlib.pyplot on the Agg backend (files only, no display needed)."""
     import matplotlib
 
     matplotlib.use("Agg")
@@ -81,9 +86,15 @@ def _plt():
     return plt
 
 
+def colors(n: int) -> list:
+    """n distinguishable colours (tab10, or tab20 beyond ten)."""
+    cmap = pyplot().get_cmap("tab20" if n > 10 else "tab10")
+    return [cmap(i % cmap.N) for i in range(n)]
+
+
 def plot_analysis(stats: dict[str, dict], path: str | Path) -> Path:
     """Three panels (KL, logit std, top-1 agreement) of grouped bars: buckets × students."""
-    plt = _plt()
+    plt = pyplot()
     labels = list(stats)
     groups = ("all",) + BUCKETS
     fig, axes = plt.subplots(1, 3, figsize=(15, 4.5))
@@ -115,18 +126,22 @@ def plot_analysis(stats: dict[str, dict], path: str | Path) -> Path:
     return path
 
 
-def plot_exposure(curves: dict[str, dict], path: str | Path) -> Path:
-    """ExAccErr (%) over l, one line per label (label -> exposure_bias result)."""
-    plt = _plt()
-    fig, ax = plt.subplots(figsize=(6, 4))
-    for label, ex in curves.items():
+def plot_exposure(curves: dict[str, dict], path: str | Path, *, legend_title: str | None = None) -> Path:
+    """ExAccErr (%) over l, one line per label (label -> an exposure_bias result, or any dict with its
+    `curve` and `length`); a dotted line marks the headline length l."""
+    plt = pyplot()
+    fig, ax = plt.subplots(figsize=(7, 4.5))
+    for color, (label, ex) in zip(colors(len(curves)), curves.items()):
         xs = [l for l, v in enumerate(ex["curve"], start=1) if v is not None]
-        ax.plot(xs, [ex["curve"][l - 1] for l in xs], label=label)
+        ax.plot(xs, [ex["curve"][l - 1] for l in xs], color=color, label=label)
+    length = next(iter(curves.values()), {}).get("length")
+    if length:
+        ax.axvline(length, color="grey", ls=":", lw=1)
     ax.axhline(0.0, color="k", lw=0.5)
     ax.set_xlabel("generation length l (tokens)")
     ax.set_ylabel("ExAccErr(l) (%)")
-    ax.set_title("Excess accumulated error (teacher as oracle)")
-    ax.legend(fontsize="small")
+    ax.set_title("Exposure bias: excess accumulated error, teacher as oracle")
+    ax.legend(fontsize="small", title=legend_title)
     ax.grid(alpha=0.3)
     fig.tight_layout()
     path = Path(path)

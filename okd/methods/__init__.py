@@ -8,9 +8,10 @@ seqkd and minillm need the frozen teacher (`method_class` says so, before any mo
 
 from __future__ import annotations
 
-from okd.config import Config
+from okd.config import GENERATING_METHODS, Config
 from okd.errors import OkdError
 from okd.methods.base import Method, Models
+from okd.methods.cached import CachedTeacherKD, check_cache_method
 from okd.methods.distillm import DistiLLM
 from okd.methods.kd import SFT, FrozenTeacherKD
 from okd.methods.minillm import MiniLLM
@@ -22,10 +23,14 @@ from okd.methods.seqkd import SeqKD
 GROUND_TRUTH = {"fkd", "rkd", "jsd", "tvd", "okd"}
 # Methods that generate; their class handles both teacher modes unless refused below.
 GENERATING = {"seqkd": SeqKD, "imitkd": OnPolicyKD, "gkd": GKD, "distillm": DistiLLM, "minillm": MiniLLM}
+assert set(GENERATING) == set(GENERATING_METHODS)  # okd.config keeps the one list
 
 
 def method_class(cfg: Config) -> type[Method]:
     name, teacher = cfg.method.name, cfg.method.resolved_teacher
+    if cfg.teacher.cache:  # the frozen teacher's side read from `okd teacher cache` output
+        check_cache_method(cfg)
+        return CachedTeacherKD
     if name == "sft":
         return SFT
     if name in GROUND_TRUTH:

@@ -8,8 +8,9 @@ only turns a batch into losses, keyed by the optimizer that must step on them:
 
 from __future__ import annotations
 
+import contextlib
 from dataclasses import dataclass, field
-from typing import Any
+from typing import Any, Callable, ContextManager
 
 import torch
 
@@ -23,6 +24,9 @@ class Models:
     teacher: Any | None  # a PeftModel when the teacher is online, else a frozen causal LM or None
     tokenizer: Any
     vocab_size: int  # shared tokenizer size; logits past it (padded heads) are dropped
+    # gathered(params): a context in which these weights can be read outside a forward (ZeRO-3 gathers them)
+    gathered: Callable[[list], ContextManager] = lambda params: contextlib.nullcontext()
+    teacher_cache: Any | None = None  # okd.models.teacher_cache.TeacherCache when teacher.cache is set
 
 
 @dataclass
@@ -49,6 +53,18 @@ def scored_hidden(model, batch: dict, scored: Scored) -> torch.Tensor:
 def head(model, vocab_size: int) -> torch.Tensor:
     """The output matrix cut to the shared vocabulary (a view, so gradients still reach it)."""
     return output_weight(model)[:vocab_size]
+
+
+def ce_sum(model, batch: dict, vocab_size: int, chunk_size: int) -> tuple[torch.Tensor, int]:
+    """(Σ CE over the batch's labelled tokens, their count), logits formed chunk by chunk: SFT's loss,
+    seqkd's on teacher answers, minillm's language-modelling term."""
+    from okd.losses import chunked_pair_loss, token_ce
+
+    scored = Scored.from_labels(batch["labels"])
+    h = scored_hidden(model, batch, scored)
+    loss, _ = chunked_pair_loss(lambda zs, zt, y: (token_ce(zs, y), None), h, head(model, vocab_size),
+                                None, None, labels=scored.targets, chunk_size=chunk_size)
+    return loss, len(scored.targets)
 
 
 @dataclass
@@ -79,6 +95,14 @@ class Method:
 
     def on_validation(self, metrics: dict) -> None:
         pass
+
+    # Extra validation metrics: sums over a validation batch's scored tokens (the trainer divides them by
+    # the number of scored tokens), and values computed once per validation.
+    def validation_sums(self, batch: dict) -> dict[str, torch.Tensor]:
+        return {}
+
+    def validation_extras(self) -> dict[str, float]:
+        return {}
 
     # Methods with state (replay buffers, samplers) save it here; checkpoints call these.
     def state_dict(self) -> dict:

@@ -10,21 +10,14 @@ from __future__ import annotations
 import torch
 
 from okd.losses import KDClosedForm, chunked_pair_loss, token_ce, token_divergence
-from okd.methods.base import Method, Scored, head, scored_hidden
+from okd.methods.base import Method, Scored, ce_sum, head, scored_hidden
 
 
 class SFT(Method):
     name = "sft"
 
     def losses(self, batch, norm):
-        scored = Scored.from_labels(batch["labels"])
-        h_s = scored_hidden(self.models.student, batch, scored)
-        loss, _ = chunked_pair_loss(
-            lambda zs, zt, y: (token_ce(zs, y), None),
-            h_s, head(self.models.student, self.models.vocab_size),
-            None, None,  # no teacher
-            labels=scored.targets, chunk_size=self.cfg.train.loss_chunk_size,
-        )
+        loss, _ = ce_sum(self.models.student, batch, self.models.vocab_size, self.cfg.train.loss_chunk_size)
         return {"student": loss / norm}
 
 

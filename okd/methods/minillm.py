@@ -50,8 +50,8 @@ import torch.nn.functional as F
 
 from okd.errors import OkdError
 from okd.losses import chunked_pair_loss, token_divergence
-from okd.methods.base import Method, Scored, head, scored_hidden
-from okd.methods.rollout import autocast_for, batch_prompts, build_batch, ce_sum, per_token
+from okd.methods.base import Method, Scored, ce_sum, head, scored_hidden
+from okd.methods.rollout import autocast_for, batch_prompts, build_batch, per_token
 
 
 # ----------------------------------------------------------------------------- sampling from p̃

@@ -23,9 +23,13 @@ used for the other divergences and as the reference in the tests).
 
 from __future__ import annotations
 
+import torch
+
 from okd.losses import chunked_pair_loss, token_ce, token_divergence
 from okd.methods.base import Method, Scored, head, scored_hidden
 from okd.methods.kd import closed_form_loss, student_token_loss
+from okd.models.loading import output_weight
+from okd.models.online import base_teacher, update_norm
 
 
 class OnlineTeacherKD(Method):
@@ -50,3 +54,37 @@ class OnlineTeacherKD(Method):
             labels=scored.targets, chunk_size=self.cfg.train.loss_chunk_size,
         )
         return {"online": loss_t / norm, "student": loss_s / norm}
+
+    # ------------------------------------------------------------------ module dynamics (DESIGN.md §6)
+
+    @torch.no_grad()
+    def validation_sums(self, batch):
+        """Sums over the scored tokens, at τ = 1: KL(p‖q) toward the frozen base teacher (adapter
+        disabled) and KL(p′‖q) toward the online teacher — the gap the module exists to close — and
+        both teachers' CE on the reference response (does the teacher drift away from the data?)."""
+        models, chunk = self.models, self.cfg.train.loss_chunk_size
+        scored = Scored.from_labels(batch["labels"])
+        h_s = scored_hidden(models.student, batch, scored)
+        h_on = scored_hidden(models.teacher, batch, scored)
+        with base_teacher(models.teacher):
+            h_base = scored_hidden(models.teacher, batch, scored)
+        sums = {k: torch.zeros((), dtype=torch.float64, device=h_s.device) for k in
+                ("valid_kl_base_teacher", "valid_kl_online_teacher", "valid_ce_base_teacher", "valid_ce_online_teacher")}
+        with models.gathered([output_weight(models.student), output_weight(models.teacher)]):
+            w_s, w_t = head(models.student, models.vocab_size), head(models.teacher, models.vocab_size)
+            self._dynamics_sums(sums, h_s, h_base, h_on, w_s, w_t, scored.targets, chunk)
+        return sums
+
+    @staticmethod
+    def _dynamics_sums(sums, h_s, h_base, h_on, w_s, w_t, targets, chunk):
+        for i in range(0, h_s.shape[0], chunk):
+            y, zs = targets[i:i + chunk], h_s[i:i + chunk] @ w_s.T
+            for name, h in (("base", h_base), ("online", h_on)):
+                zt = h[i:i + chunk] @ w_t.T
+                sums[f"valid_kl_{name}_teacher"] += token_divergence("fkl", zs, zt).sum().double()
+                sums[f"valid_ce_{name}_teacher"] += token_ce(zt, y).sum().double()
+
+    def validation_extras(self):
+        teacher = self.models.teacher
+        with self.models.gathered([p for p in teacher.parameters() if p.requires_grad]):
+            return {"online_update_norm": update_norm(teacher)}

@@ -80,11 +80,9 @@ def per_token(values: list[list[float]], prompts: list[list[int]], width: int, d
 
 def autocast_for(cfg, device: torch.device):
     """Sampling under the run's mixed precision on GPU (the trainer's autocast covers only losses)."""
-    mp = cfg.train.mixed_precision
-    if device.type != "cuda" or mp == "no":
-        return contextlib.nullcontext()
-    if mp == "auto":
-        mp = "bf16" if torch.cuda.is_bf16_supported() else "no"
+    from okd.precision import resolve_mixed_precision
+
+    mp = resolve_mixed_precision(cfg.train.mixed_precision, device.type) if device.type == "cuda" else "no"
     if mp == "no":
         return contextlib.nullcontext()
     return torch.autocast("cuda", dtype=torch.bfloat16 if mp == "bf16" else torch.float16)
@@ -130,15 +128,3 @@ def lockstep(lm):
         yield
     finally:
         del lm.generate
-
-
-def ce_sum(model, batch: dict, vocab_size: int, chunk_size: int) -> tuple[torch.Tensor, int]:
-    """(Σ CE over the batch's labelled tokens, their count), logits formed chunk by chunk."""
-    from okd.losses import chunked_pair_loss, token_ce
-    from okd.methods.base import Scored, head, scored_hidden
-
-    scored = Scored.from_labels(batch["labels"])
-    h = scored_hidden(model, batch, scored)
-    loss, _ = chunked_pair_loss(lambda zs, zt, y: (token_ce(zs, y), None), h, head(model, vocab_size),
-                                None, None, labels=scored.targets, chunk_size=chunk_size)
-    return loss, len(scored.targets)

@@ -32,9 +32,9 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from okd.errors import OkdError
-from okd.methods.base import Method
+from okd.methods.base import Method, ce_sum
 from okd.methods.kd import FrozenTeacherKD
-from okd.methods.rollout import batch_prompts, build_batch, ce_sum, sample, targets_of
+from okd.methods.rollout import batch_prompts, build_batch, sample, targets_of
 
 log = logging.getLogger(__name__)
 

@@ -25,11 +25,11 @@ def resolve_model_source(spec: str, gguf_file: str | None = None) -> tuple[str, 
     if not spec:
         raise OkdError("no model path given (set teacher.path / student.path)")
     path = Path(os.path.expanduser(spec))
-    if path.is_file():
+    if os.path.isfile(path):  # (os.path: False, not an OSError, for a name too long)
         if path.suffix == ".gguf":
             return str(path.parent), path.name
         raise OkdError(f"model path {spec!r} is a file but not a .gguf; give an HF model directory, a .gguf file, a hub id or a preset (okd models list)")
-    if path.is_dir():
+    if os.path.isdir(path):
         if gguf_file or (path / "config.json").is_file():
             return str(path), gguf_file
         ggufs = sorted(path.glob("*.gguf"))
@@ -44,10 +44,30 @@ def resolve_model_source(spec: str, gguf_file: str | None = None) -> tuple[str, 
         preset = resolve_model_preset(spec)
         if preset is not None:
             return str(preset), None
-    looks_like_hub_id = spec.count("/") == 1 and not spec.startswith((".", "/", "~"))
-    if not looks_like_hub_id:
-        raise OkdError(f"model {spec!r} not found: not a local path, a preset (okd models list) or a hub id (org/name)")
+    if not looks_like_hub_id(spec):
+        local = "" if spec.startswith(("/", "~")) else f" (nothing at {spec!r} relative to {os.getcwd()})"
+        raise OkdError(f"model {spec!r} not found: not a local path, a preset (okd models list) or a hub id "
+                       f"(org/name){local}")
     return spec, gguf_file
+
+
+# What names a local file rather than a hub repository (`org/name`, where name may hold dots: Qwen2.5-0.5B).
+LOCAL_SUFFIXES = (".gguf", ".safetensors", ".bin", ".pt", ".pth", ".json", ".yaml", ".yml", ".txt")
+
+
+def looks_like_hub_id(spec: str) -> bool:
+    """`org/name` that is not meant as a local path: not absolute, relative (./, ../, ~), a file name
+    (model.gguf, ...), and not below a local directory that exists (runs/okd, with runs/ here): those
+    would be looked up on the hub, to fail after its retries with a message about the network."""
+    import re
+
+    if spec.count("/") != 1 or spec.startswith((".", "/", "~")) or spec.endswith("/"):
+        return False
+    if spec.lower().endswith(LOCAL_SUFFIXES) or not re.fullmatch(r"[\w.-]+/[\w.-]+", spec):
+        return False
+    if ".." in spec or "--" in spec:  # the hub refuses these in repository ids
+        return False
+    return not Path(spec.split("/")[0]).is_dir()
 
 
 def load_tokenizer(cfg: ModelConfig):
@@ -97,12 +117,8 @@ def load_model(cfg: ModelConfig):
     return model.eval()
 
 
-def check_compatible(teacher_tok, student_tok, teacher, student) -> int:
-    """Return the shared vocabulary size V, or raise if teacher and student tokenize differently.
-
-    A model whose output matrix is padded beyond the tokenizer (common for speed) is fine: logits
-    past V never correspond to a token and are dropped by the losses.
-    """
+def check_same_vocab(teacher_tok, student_tok) -> None:
+    """Raise if teacher and student tokenize differently (needs the tokenizers only)."""
     vt, vs = teacher_tok.get_vocab(), student_tok.get_vocab()
     if vt != vs:
         only_t = len(set(vt) - set(vs))
@@ -112,12 +128,83 @@ def check_compatible(teacher_tok, student_tok, teacher, student) -> int:
             f"teacher and student tokenizers differ ({len(vt)} vs {len(vs)} tokens; {only_t} only in the "
             f"teacher, {only_s} only in the student, {moved} with other ids); KD needs the same vocabulary"
         )
+
+
+def check_compatible(teacher_tok, student_tok, teacher, student) -> int:
+    """Return the shared vocabulary size V, or raise if teacher and student tokenize differently.
+
+    A model whose output matrix is padded beyond the tokenizer (common for speed) is fine: logits
+    past V never correspond to a token and are dropped by the losses.
+    """
+    check_same_vocab(teacher_tok, student_tok)
     vocab = len(teacher_tok)
     for role, model in (("teacher", teacher), ("student", student)):
         rows = output_weight(model).shape[0]
         if rows < vocab:
             raise OkdError(f"{role} output layer has {rows} rows but the tokenizer has {vocab} tokens")
     return vocab
+
+
+def load_model_config(cfg: ModelConfig):
+    """The model's transformers config (config.json, or a GGUF file's header) without its weights."""
+    from transformers import AutoConfig
+
+    source, gguf = resolve_model_source(cfg.path, cfg.gguf_file)
+    kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
+    if gguf:
+        kwargs["gguf_file"] = gguf
+    try:
+        return AutoConfig.from_pretrained(source, **kwargs)
+    except Exception as e:  # noqa: BLE001 - a broken or foreign file raises anything
+        raise OkdError(f"could not read the model config of {cfg.path!r}: {_first_line(e)}; is it a complete "
+                       "model directory or GGUF file?") from None
+
+
+CONTEXT_KEYS = ("max_position_embeddings", "n_positions", "n_ctx", "seq_length", "max_sequence_length")
+
+
+def _context_entry(model_config) -> tuple[str, int] | None:
+    config = getattr(model_config, "text_config", None) or model_config
+    for key in CONTEXT_KEYS:
+        value = getattr(config, key, None)
+        if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+            return key, value
+    return None
+
+
+def model_context(model_config) -> int | None:
+    """The longest sequence the model's positions cover (None where its config does not say)."""
+    entry = _context_entry(model_config)
+    return entry[1] if entry else None
+
+
+def check_context(model_config, length: int, what: str, role: str = "model", fix: str = "lower it") -> None:
+    """Raise if `length` tokens (described by `what`, e.g. "data.max_length=1024") exceed the context of
+    the model: positions past it are out of range (an IndexError in the middle of training) or untrained.
+    `fix` says what to change (e.g. "lower data.max_length")."""
+    entry = _context_entry(model_config)
+    if entry is not None and length > entry[1]:
+        raise OkdError(f"{what} needs {length} positions but the {role}'s context is {entry[1]} tokens "
+                       f"({entry[0]} in its config); {fix} to at most {entry[1]}")
+
+
+def check_vocab_rows(rows: int, tokenizer, role: str = "model", what: str = "embedding") -> None:
+    """Raise if a model's embedding (or output layer) has fewer rows than the tokenizer has tokens: the
+    ids past it would index out of range (an IndexError at the first batch that holds one)."""
+    tokens = len(tokenizer)
+    if rows < tokens:
+        raise OkdError(f"the {role}'s {what} has {rows} rows but its tokenizer has {tokens} tokens; ids "
+                       f"{rows}..{tokens - 1} would be out of range: use the tokenizer the {role} was trained "
+                       "with, or resize its embeddings (model.resize_token_embeddings) and save it again")
+
+
+def check_embeddings(model, tokenizer, role: str = "model") -> None:
+    """check_vocab_rows for a loaded model's input embedding and output layer."""
+    lm = causal_lm(model)
+    for what, layer in (("input embedding", lm.get_input_embeddings()), ("output layer", lm.get_output_embeddings())):
+        weight = getattr(layer, "weight", None)
+        if weight is not None and weight.dim() == 2 and weight.shape[0] > 0:  # (0 rows: partitioned by ZeRO-3)
+            check_vocab_rows(weight.shape[0], tokenizer, role, what)
 
 
 def causal_lm(model):

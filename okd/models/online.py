@@ -87,3 +87,37 @@ def add_online_module(teacher, cfg: OnlineConfig):
     if not any(p.requires_grad for p in model.parameters()):
         raise OkdError(f"online module matched no modules {targets}; set online.target_modules")
     return model
+
+
+def peft_model(model):
+    """The PeftModel inside accelerate/DDP/DeepSpeed wrappers (or None when the model has no adapter)."""
+    while model is not None and not hasattr(model, "peft_config"):
+        model = getattr(model, "module", None)
+    return model
+
+
+def base_teacher(model):
+    """A context in which the online teacher computes the frozen base teacher's distribution
+    (peft's `disable_adapter`: the LoRA update is skipped, the base weights are untouched)."""
+    peft = peft_model(model)
+    if peft is None:
+        raise ValueError("base_teacher: the model has no online module")
+    return peft.disable_adapter()
+
+
+def update_norm(model) -> float:
+    """‖ΔW‖_F over the whole online module: sqrt(Σ_layers ‖scale·B·A‖²_F), the size of the change
+    the module makes to the teacher's weights (0 at initialisation, where B = 0)."""
+    import torch
+
+    total = 0.0
+    peft = peft_model(model)
+    for module in peft.modules() if peft is not None else ():
+        a, b = getattr(module, "lora_A", None), getattr(module, "lora_B", None)
+        if not a or not b or not hasattr(module, "scaling"):
+            continue
+        for name in a:
+            with torch.no_grad():
+                delta = b[name].weight.float() @ a[name].weight.float() * module.scaling[name]
+            total += float(delta.pow(2).sum())
+    return total ** 0.5

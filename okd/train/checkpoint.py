@@ -23,14 +23,19 @@ DeepSpeed's own files load through its checkpoint engine (`torch.load`), not thr
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import random
+import re
 import shutil
+import time
+import zipfile
 from pathlib import Path
 
 import numpy as np
 import torch
+from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from okd.errors import OkdError
@@ -101,66 +106,143 @@ def save_checkpoint(root: Path, step: int, *, accelerator, student, online, opti
     process takes part) instead of the model files.
 
     If anything fails, the temporary directory is removed and the previous checkpoints are left as
-    they were; an OSError (disk full, no permission) becomes an OkdError saying so.
+    they were; whatever the writers raised (OSError, safetensors' SafetensorError, torch's RuntimeError
+    on a full disk, ...) becomes one OkdError saying so. A KeyboardInterrupt is re-raised as it is.
     """
     final = root / f"{PREFIX}{step:07d}"
     tmp = root / f".tmp-{PREFIX}{step:07d}"
     failed: BaseException | None = None
     if accelerator.is_main_process:
-        root.mkdir(parents=True, exist_ok=True)
-        clean_temporary(root)
-        tmp.mkdir(parents=True)
+        try:
+            root.mkdir(parents=True, exist_ok=True)
+            clean_temporary(root)
+            tmp.mkdir(parents=True)
+        except BaseException as e:  # noqa: BLE001 - reported below, after the ranks meet
+            failed = e
     accelerator.wait_for_everyone()
     try:
-        torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
+        if tmp.is_dir():  # (not there: the main process could not make it)
+            torch.save(rng_state(), tmp / f"rng-{accelerator.process_index}.pt")
         for key, engine in (engines or {}).items():  # a collective: every process, in the same order
             engine.save_checkpoint(str(tmp / DS_DIR / key), tag=DS_TAG, save_latest=False)
     except BaseException as e:  # noqa: BLE001 - reported below, after the ranks meet again
-        failed = e
+        failed = failed or e
     accelerator.wait_for_everyone()
     if accelerator.is_main_process and failed is None:
         try:
-            if engines is not None:
-                optim = {"format": "deepspeed", "optimizers": {k: f"{DS_DIR}/{k}" for k in engines},
-                         "num_processes": accelerator.num_processes}
-            elif gathered is not None:
-                save_file(gathered["student"], str(tmp / "student.safetensors"))
-                if online is not None:
-                    save_file(gathered["online"], str(tmp / "online.safetensors"))
-                optim = {"format": "fsdp", "optimizers": gathered["optimizers"]}
-            else:
-                save_model(student, str(tmp / "student.safetensors"))  # handles tied weights
-                if online is not None:
-                    save_file(trainable_state(online), str(tmp / "online.safetensors"))
-                optim = {"optimizers": {k: o.state_dict() for k, o in optimizers.items()}}
-            optim["schedulers"] = {k: s.state_dict() for k, s in schedulers.items()}
-            torch.save(optim, tmp / "optim.pt")
-            torch.save(method_state, tmp / "method.pt")
-            (tmp / "state.json").write_text(json.dumps(state, indent=1))  # last: marks it complete
-            old = None
-            if final.exists():  # the same step again: move the old copy aside, never delete it first
-                old = root / f".tmp-old-{PREFIX}{step:07d}"
-                shutil.rmtree(old, ignore_errors=True)
-                os.replace(final, old)
-            os.replace(tmp, final)
-            if old is not None:
-                shutil.rmtree(old, ignore_errors=True)
-            for stale in checkpoint_dirs(root)[:-keep] if keep > 0 else []:
-                shutil.rmtree(stale, ignore_errors=True)
+            _write_files(tmp, student=student, online=online, optimizers=optimizers, schedulers=schedulers,
+                         method_state=method_state, state=state, gathered=gathered, engines=engines,
+                         num_processes=accelerator.num_processes)
+            _move_into_place(root, tmp, final, step, keep)
         except BaseException as e:  # noqa: BLE001
             failed = e
     if failed is not None:
         if accelerator.is_main_process:
             shutil.rmtree(tmp, ignore_errors=True)
-        if isinstance(failed, OSError):
-            kept = checkpoint_dirs(root)
-            raise OkdError(f"could not save the checkpoint of step {step} in {str(root)!r} "
-                           f"({failed.strerror or failed}); "
-                           + (f"the previous checkpoint {kept[-1].name} is intact" if kept else "no checkpoint saved")
-                           + " (free disk space or choose another output_dir)") from None
-        raise failed
+        if not isinstance(failed, Exception):
+            raise failed  # KeyboardInterrupt (a second Ctrl-C), SystemExit
+        kept = checkpoint_dirs(root)
+        raise OkdError(f"could not save the checkpoint of step {step} in {str(root)!r} ({write_failure(failed)}); "
+                       + (f"the previous checkpoint {kept[-1].name} is intact" if kept else "no checkpoint saved")
+                       + " (free disk space or choose another output_dir)") from None
     accelerator.wait_for_everyone()
     return final
+
+
+def _write_files(tmp: Path, *, student, online, optimizers: dict, schedulers: dict, method_state: dict,
+                 state: dict, gathered: dict | None, engines: dict | None, num_processes: int) -> None:
+    """The main process's files of a checkpoint, state.json last (it marks the checkpoint complete)."""
+    if engines is not None:
+        optim = {"format": "deepspeed", "optimizers": {k: f"{DS_DIR}/{k}" for k in engines},
+                 "num_processes": num_processes}
+    elif gathered is not None:
+        save_file(gathered["student"], str(tmp / "student.safetensors"))
+        if online is not None:
+            save_file(gathered["online"], str(tmp / "online.safetensors"))
+        optim = {"format": "fsdp", "optimizers": gathered["optimizers"]}
+    else:
+        save_model(student, str(tmp / "student.safetensors"))  # handles tied weights
+        if online is not None:
+            save_file(trainable_state(online), str(tmp / "online.safetensors"))
+        optim = {"optimizers": {k: o.state_dict() for k, o in optimizers.items()}}
+    optim["schedulers"] = {k: s.state_dict() for k, s in schedulers.items()}
+    torch.save(optim, tmp / "optim.pt")
+    torch.save(method_state, tmp / "method.pt")
+    (tmp / "state.json").write_text(json.dumps(state, indent=1))  # last: marks it complete
+
+
+def _move_into_place(root: Path, tmp: Path, final: Path, step: int, keep: int) -> None:
+    old = None
+    if final.exists():  # the same step again: move the old copy aside, never delete it first
+        old = root / f".tmp-old-{PREFIX}{step:07d}"
+        shutil.rmtree(old, ignore_errors=True)
+        os.replace(final, old)
+    os.replace(tmp, final)
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)
+    for stale in checkpoint_dirs(root)[:-keep] if keep > 0 else []:
+        shutil.rmtree(stale, ignore_errors=True)
+
+
+_RUST_IO = re.compile(r'message: "([^"]+)"')  # safetensors: IoError(Os { code: 28, kind: StorageFull, message: "..." })
+
+
+def write_failure(e: BaseException) -> str:
+    """Why a write failed, in a few words: the OS's reason where one is known (in the exception, its
+    cause or context, or the text of safetensors' and torch's own errors), else the error's first line."""
+    seen = set()
+    cur: BaseException | None = e
+    while cur is not None and id(cur) not in seen:
+        seen.add(id(cur))
+        if isinstance(cur, OSError) and cur.strerror:
+            return cur.strerror
+        cur = cur.__cause__ or cur.__context__
+    text = " ".join(str(e).split())
+    found = _RUST_IO.search(text)
+    if found:
+        return found.group(1)
+    for known in ("No space left on device", "Disk quota exceeded", "Permission denied", "Read-only file system"):
+        if known.lower() in text.lower():
+            return known
+    if "file write failed" in text or "unexpected pos" in text:  # torch's zip writer on a full disk
+        return f"{type(e).__name__}: file write failed; is the disk full?"
+    return f"{type(e).__name__}: {text[:200]}" if text else type(e).__name__
+
+
+@contextlib.contextmanager
+def write_guard(what: str, where: Path | str):
+    """Writing `what` (e.g. "the trained student") into `where`: any failure of the writers (disk full,
+    permissions, safetensors' errors) becomes one OkdError naming it; a KeyboardInterrupt passes."""
+    try:
+        yield
+    except OkdError:
+        raise
+    except Exception as e:  # noqa: BLE001 - whatever the writer raises, the user sees why in one line
+        raise OkdError(f"could not write {what} in {str(where)!r} ({write_failure(e)}); free disk space or "
+                       "choose another output_dir, then continue with --resume") from None
+
+
+class SaveClock:
+    """`train.save_every_minutes`: whether a checkpoint is due by the wall clock, so that a kill loses at
+    most that much work however fast the machine steps. Every process gets the same answer (one
+    all-reduce when there are several): they must save together."""
+
+    def __init__(self, minutes: float, clock=time.monotonic):
+        self.interval, self.clock = minutes * 60.0, clock
+        self.last = clock()
+
+    def saved(self) -> None:
+        """Call after every checkpoint save (periodic, timed or on interrupt)."""
+        self.last = self.clock()
+
+    def due(self, accelerator) -> bool:
+        if self.interval <= 0:
+            return False
+        flag = self.clock() - self.last >= self.interval
+        if accelerator.num_processes > 1:
+            total = accelerator.reduce(torch.tensor(float(flag), device=accelerator.device), "sum")
+            flag = bool(total.item() > 0)
+        return flag
 
 
 def load_checkpoint(path: Path, *, student, online, optimizers: dict, schedulers: dict,
@@ -175,18 +257,65 @@ def load_checkpoint(path: Path, *, student, online, optimizers: dict, schedulers
     A checkpoint that does not fit this run (another model, online module or method) or cannot be
     read raises an OkdError naming it.
     """
+    with_online = (fsdp or {}).get("online") is not None if fsdp is not None else online is not None
+    check_readable(path, rank=rank, models=engines is None, online=with_online)
     try:
         return _load(path, student=student, online=online, optimizers=optimizers, schedulers=schedulers, rank=rank,
                      fsdp=fsdp, engines=engines)
     except OkdError:
         raise
     except Exception as e:  # noqa: BLE001 - anything here means "this checkpoint does not fit"
+        if _is_read_error(e):
+            raise _damaged(path, "a file", e) from None
         lines = [line.strip() for line in str(e).splitlines() if line.strip()] or [type(e).__name__]
         first = " ".join(lines[:2]) if lines[0].endswith(":") else lines[0]  # torch: "Error(s) in ...:\n  Missing key(s) ..."
         first = first if len(first) <= 240 else first[:240] + "..."
         raise OkdError(f"checkpoint {str(path)!r} cannot be resumed with this config ({type(e).__name__}: "
                        f"{first}); resume with the config the run was started with, or start a new "
                        "output_dir") from None
+
+
+def check_readable(path: Path, *, rank: int = 0, models: bool = True, online: bool = False) -> None:
+    """Raise an OkdError saying the checkpoint is damaged when one of its files is missing, cut short or
+    not what it should be (a copy interrupted, a disk that filled up outside okd): reading the headers
+    tells, cheaply, without loading a tensor."""
+    names = ["state.json", "optim.pt", "method.pt"]
+    names += ["student.safetensors"] if models else []
+    names += ["online.safetensors"] if models and online else []
+    names += [f"rng-{rank}.pt"] if (path / f"rng-{rank}.pt").exists() else []
+    for name in names:
+        f = path / name
+        try:
+            if name.endswith(".json"):
+                json.loads(f.read_text())
+            elif name.endswith(".pt"):
+                with zipfile.ZipFile(f) as z:  # torch's format: a zip archive, its directory at the end
+                    z.namelist()
+            else:
+                with safe_open(str(f), framework="pt") as t:  # checks the header against the file's size
+                    t.keys()
+        except Exception as e:  # noqa: BLE001 - FileNotFoundError, BadZipFile, SafetensorError, JSONDecodeError
+            raise _damaged(path, name, e) from None
+
+
+def _is_read_error(e: BaseException) -> bool:
+    text = str(e)
+    return (isinstance(e, (zipfile.BadZipFile, json.JSONDecodeError, EOFError, OSError))
+            or type(e).__name__ == "UnpicklingError" or "PytorchStreamReader" in text
+            or "Error while deserializing" in text)
+
+
+def _damaged(path: Path, name: str, e: BaseException) -> OkdError:
+    if isinstance(e, FileNotFoundError):
+        why = "missing"
+    else:
+        lines = [line.strip() for line in str(e).splitlines() if line.strip()]
+        why = f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
+    step = int(path.name[len(PREFIX):]) if path.name[len(PREFIX):].isdigit() else None
+    before = [p.name for p in checkpoint_dirs(path.parent) if step is not None and int(p.name[len(PREFIX):]) < step]
+    then = (f"delete it to resume from {before[-1]}" if before else "delete it to start the run over with --resume")
+    return OkdError(f"checkpoint {str(path)!r} is damaged ({name}: {why}), not resumable; {then}, or start a new "
+                    "output_dir")
 
 
 def _load(path: Path, *, student, online, optimizers: dict, schedulers: dict, rank: int,

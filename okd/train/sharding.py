@@ -12,13 +12,12 @@ from pathlib import Path
 
 import torch
 
-from okd.config import Config
+from okd.config import GENERATING_METHODS, Config
 from okd.errors import OkdError
 
 log = logging.getLogger("okd.train.trainer")  # messages read as the trainer's
 
 
-GENERATING_METHODS = ("seqkd", "imitkd", "gkd", "distillm", "minillm")
 # On-policy methods allowed under DeepSpeed ZeRO-3: they sample through okd.methods.rollout.sample, whose
 # lockstep sampler keeps every process in the partitioned model's forwards until all are done. Empty in
 # this release (the gkd run is tested through the test shim only: tests/test_scale_deepspeed.py).

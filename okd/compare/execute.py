@@ -1,0 +1,337 @@
+"""Running a plan: what is on disk already, training what is missing, evaluating it, `run_compare`.
+
+A run with summary.json and student/ is complete and skipped; one with checkpoints is resumed; an
+evaluation whose JSON carries the same settings stamp is skipped. A run directory trained with
+another config (beyond logging keys) is refused rather than silently reused.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+import shutil
+import subprocess
+import sys
+import time
+from pathlib import Path
+from typing import Callable
+
+import yaml
+
+from okd.compare.grid import Plan, Run, format_value, load_grid, plan_grid
+from okd.compare.report import write_report
+from okd.compare.settings import eval_config, eval_settings, exposure_runs
+from okd.config import LOGGING_KEYS, config_diff
+from okd.errors import OkdError
+
+Log = Callable[[str], None]
+
+
+# ----------------------------------------------------------------------------- state of a run
+
+def run_status(run: Run) -> str:
+    """'complete', 'partial (step N)' or 'new'."""
+    d = run.dir
+    if (d / "summary.json").is_file() and (d / "student").is_dir():
+        return "complete"
+    ckpts = sorted((d / "checkpoints").glob("step-*")) if (d / "checkpoints").is_dir() else []
+    if ckpts:
+        m = re.search(r"(\d+)$", ckpts[-1].name)
+        return f"partial (step {int(m.group(1)) if m else '?'})"
+    return "new"
+
+
+def check_run_config(run: Run) -> None:
+    """A run directory trained with another config would give stale results: refuse it."""
+    path = run.dir / "config.yaml"
+    if not path.is_file() or run_status(run) == "new":
+        return
+    try:
+        old = yaml.safe_load(path.read_text()) or {}
+    except yaml.YAMLError:
+        return
+    diff = [f"{k} ({a!r} -> {b!r})" for k, (a, b) in config_diff(old, run.cfg.model_dump(mode="json")).items()
+            if k not in LOGGING_KEYS]
+    if diff:
+        raise OkdError(f"run {run.name!r}: {run.dir} was trained with another config (differs at "
+                       f"{'; '.join(diff[:3])}{' ...' if len(diff) > 3 else ''}); delete that directory "
+                       f"to retrain, or give the run another name")
+
+
+def eval_current(path: Path, settings: dict) -> bool:
+    """An evaluation JSON stamped with these settings exists."""
+    if not path.is_file():
+        return False
+    try:
+        return json.loads(path.read_text()).get("compare_settings") == settings
+    except (json.JSONDecodeError, OSError):
+        return False
+
+
+def _stamp(path: Path, settings: dict, model: str) -> None:
+    res = json.loads(path.read_text())
+    res["compare_settings"] = settings
+    res["compare_model"] = model
+    path.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
+
+
+def describe_plan(plan: Plan) -> str:
+    """What --dry-run prints: the student inits, the reference rows, a table of runs and their state."""
+    from okd.eval.report import markdown_table
+
+    rows = []
+    for r in plan.runs:
+        status = f"= {r.same_as}" if r.same_as else run_status(r)
+        ev = "-"
+        if plan.spec.eval is not None:
+            label = plan.trained(r).name
+            ev = "done" if eval_current(plan.out / "eval" / f"{label}.json", eval_settings(plan, False)) else "todo"
+            if label in exposure_runs(plan) or r.name in exposure_runs(plan):
+                xdone = eval_current(plan.out / "eval" / f"{label}.exposure.json", eval_settings(plan, True))
+                ev += ", exposure " + ("done" if xdone else "todo")
+        ov = ", ".join(f"{k}={format_value(v) if not isinstance(v, str) else v}" for k, v in r.overrides.items())
+        rows.append([r.name, r.cfg.method.name, ov or "-", r.student_from or "-", r.cfg.train.max_steps, status, ev])
+    lines = [f"grid: {plan.source or '(tree)'} -> {plan.out}", ""]
+    for init in plan.inits:
+        have = "cached" if (init.path / "config.json").is_file() else "to create"
+        lines.append(f"student init: {init.layers} layers of {init.source} ({init.strategy}) at {init.path} ({have})")
+    if plan.spec.eval is not None and plan.spec.eval.references:
+        lines.append("reference rows: " + ", ".join(plan.spec.eval.references))
+    lines += ["", markdown_table(["run", "method", "overrides", "student from", "steps", "training", "eval"], rows)]
+    return "\n".join(lines)
+
+
+# ----------------------------------------------------------------------------- training
+
+def fmt_s(seconds: float) -> str:
+    seconds = int(round(seconds))
+    if seconds < 60:
+        return f"{seconds}s"
+    m, s = divmod(seconds, 60)
+    if m < 60:
+        return f"{m}m{s:02d}s"
+    h, m = divmod(m, 60)
+    return f"{h}h{m:02d}m"
+
+
+def _say(msg: str) -> None:
+    print(f"[okd compare] {msg}", file=sys.stderr, flush=True)
+
+
+def ensure_student_inits(plan: Plan, log: Log) -> None:
+    from okd.models.prune import init_student
+    from okd.paths import atomic_dir
+
+    for init in plan.inits:
+        if (init.path / "config.json").is_file():
+            continue
+        log(f"student init: {init.layers} layers of {init.source} ({init.strategy}) -> {init.path}")
+        with atomic_dir(init.path) as tmp:
+            _, nt, ns = init_student(init.source, init.layers, init.strategy, tmp, overwrite=True)
+        log(f"student init: teacher {nt / 1e6:.1f}M parameters, student {ns / 1e6:.1f}M")
+
+
+def _train_subprocess(run: Run, threads: int | None, progress: bool) -> None:
+    """`okd train -c <run>/config.yaml --resume` in a fresh process (per-run peak memory, isolation)."""
+    run.dir.mkdir(parents=True, exist_ok=True)
+    cfg_path = run.dir / "config.yaml"
+    cfg_path.write_text(run.cfg.to_yaml())
+    env = dict(os.environ)
+    if threads:
+        env["OMP_NUM_THREADS"] = str(threads)
+    env.setdefault("TOKENIZERS_PARALLELISM", "false")
+    cmd = [sys.executable, "-m", "okd", "train", "-c", str(cfg_path), "--resume"]
+    if not progress:
+        cmd.append("--quiet")
+    log_path = run.dir / "train.log"
+    with open(log_path, "a") as logf:
+        logf.write(f"\n$ {' '.join(cmd)}\n")
+        logf.flush()
+        if progress:
+            proc = subprocess.run(cmd, env=env)
+        else:
+            proc = subprocess.run(cmd, env=env, stdout=logf, stderr=subprocess.STDOUT)
+    if proc.returncode != 0:
+        tail = ""
+        if not progress:
+            lines = [ln for ln in log_path.read_text(errors="replace").splitlines() if ln.strip()]
+            tail = f": {lines[-1].strip()}" if lines else ""
+        raise OkdError(f"run {run.name!r} failed (exit {proc.returncode}){tail}; see {log_path}")
+
+
+def _train_inprocess(run: Run, progress: bool) -> None:
+    from okd.train import train
+
+    train(run.cfg, resume=True, progress=progress)
+
+
+def train_run(run: Run, *, isolate: bool, threads: int | None, progress: bool) -> None:
+    status = run_status(run)
+    if status == "new":
+        # a run killed before its first checkpoint: start clean (the trainer appends to metrics.jsonl)
+        for stale in ("metrics.jsonl", "summary.json"):
+            (run.dir / stale).unlink(missing_ok=True)
+    if isolate:
+        _train_subprocess(run, threads, progress)
+    else:
+        _train_inprocess(run, progress)
+
+
+def _train_all(plan: Plan, selected: list[str], *, progress: bool, log: Log, elapsed: Callable[[], str]) -> None:
+    spec = plan.spec
+    todo = [r for r in plan.runs if r.name in selected]
+    for i, r in enumerate(todo, start=1):
+        head = f"train {i}/{len(todo)} {r.name}"
+        if r.same_as:
+            log(f"{head}: same config as {r.same_as}, reusing it")
+            continue
+        status = run_status(r)
+        if status == "complete":
+            log(f"{head}: complete, skipped")
+            continue
+        what = "resuming " + status.split("(")[1].rstrip(")") if status.startswith("partial") else "starting"
+        log(f"{head}: {what}: method {r.cfg.method.name}, {r.cfg.train.max_steps} steps × batch "
+            f"{r.cfg.train.batch_size}{f', student from {r.student_from}' if r.student_from else ''} "
+            f"[grid elapsed {elapsed()}]")
+        t0 = time.perf_counter()
+        train_run(r, isolate=spec.isolate, threads=spec.threads, progress=progress)
+        if not spec.keep_checkpoints:
+            shutil.rmtree(r.dir / "checkpoints", ignore_errors=True)  # optimizer states: GBs per run
+        s = json.loads((r.dir / "summary.json").read_text())
+        log(f"{head}: done in {fmt_s(time.perf_counter() - t0)} (training {s.get('train_s', s['wall_clock_s']):.0f} s, "
+            f"{s['tokens_per_s']:.0f} tokens/s, valid CE {s['final_metrics'].get('valid_loss', float('nan')):.3f})")
+
+
+# ----------------------------------------------------------------------------- evaluation
+
+def evaluate_model(plan: Plan, label: str, model: str, *, exposure: bool, log: Log) -> list[str]:
+    """ROUGE-L eval (and exposure bias) of one model; returns what was done (for the progress line)."""
+    from okd.eval import run_eval
+
+    eval_dir = plan.out / "eval"
+    done = []
+    s = eval_settings(plan, False)
+    target = eval_dir / f"{label}.json"
+    if not eval_current(target, s):
+        t0 = time.perf_counter()
+        run_eval(model, s["data"], target, eval_config(plan, False), log=lambda m: None)
+        _stamp(target, s, model)
+        res = json.loads(target.read_text())
+        scores = ", ".join(f"{n} {d['rougeL']['mean']:.2f}" for n, d in res["datasets"].items())
+        done.append(f"ROUGE-L {scores} ({fmt_s(time.perf_counter() - t0)})")
+    if exposure:
+        xs = eval_settings(plan, True)
+        xtarget = eval_dir / f"{label}.exposure.json"
+        if not eval_current(xtarget, xs):
+            t0 = time.perf_counter()
+            run_eval(model, xs["data"], xtarget, eval_config(plan, True), teacher_path=xs["teacher"],
+                     log=lambda m: None)
+            _stamp(xtarget, xs, model)
+            res = json.loads(xtarget.read_text())
+            at = next(iter(res["datasets"].values()))["exposure_bias"]["at_l"]
+            done.append(f"ExAccErr@{xs['length']} {'n/a' if at is None else f'{at:.1f}%'} "
+                        f"({fmt_s(time.perf_counter() - t0)})")
+    return done
+
+
+def _models_to_evaluate(plan: Plan, selected: list[str]) -> list[tuple[str, str, bool]]:
+    """(label, model path, with exposure bias) for the reference rows and each trained selected run."""
+    xruns = exposure_runs(plan)
+    models = [(ref, plan.teacher if ref == "teacher" else plan.student_init, False)
+              for ref in plan.spec.eval.references]
+    seen: set[str] = set()
+    for r in plan.runs:
+        t = plan.trained(r)
+        if r.name not in selected or t.name in seen:
+            continue
+        seen.add(t.name)
+        models.append((t.name, str(t.dir / "student"),
+                       t.name in xruns or any(x.same_as == t.name and x.name in xruns for x in plan.runs)
+                       or r.name in xruns))
+    return models
+
+
+def _eval_all(plan: Plan, selected: list[str], *, log: Log, elapsed: Callable[[], str]) -> None:
+    models = _models_to_evaluate(plan, selected)
+    for i, (label, model, exposure) in enumerate(models, start=1):
+        head = f"eval {i}/{len(models)} {label}"
+        if not eval_current(plan.out / "eval" / f"{label}.json", eval_settings(plan, False)) or \
+                (exposure and not eval_current(plan.out / "eval" / f"{label}.exposure.json",
+                                               eval_settings(plan, True))):
+            log(f"{head}: evaluating [grid elapsed {elapsed()}]")
+            done = evaluate_model(plan, label, model, exposure=exposure, log=log)
+            log(f"{head}: {'; '.join(done)}")
+        else:
+            log(f"{head}: evaluated already, skipped")
+
+
+# ----------------------------------------------------------------------------- the command
+
+def _select(plan: Plan, only: list[str] | None, *, dry_run: bool, log: Log) -> list[str]:
+    """The runs to work on: all, or --only's and the runs they need (the run they duplicate, the run
+    their student comes from)."""
+    selected = [r.name for r in plan.runs]
+    if not only:
+        return selected
+    unknown = [n for n in only if n not in selected]
+    if unknown:
+        raise OkdError(f"--only: no run named {', '.join(map(repr, unknown))} in the grid; runs: "
+                       f"{', '.join(selected)}")
+    wanted = set(only)
+    changed = True
+    while changed:
+        changed = False
+        for r in plan.runs:
+            if r.name in wanted:
+                for dep in (r.same_as, r.student_from):
+                    if dep and dep not in wanted:
+                        wanted.add(dep)
+                        changed = True
+    added = sorted(wanted - set(only))
+    if added and not dry_run:
+        log(f"--only: also running {', '.join(added)} (needed by the selected runs)")
+    return [r.name for r in plan.runs if r.name in wanted]
+
+
+def run_compare(grid: str | Path | dict, *, only: list[str] | None = None, dry_run: bool = False,
+                report_only: bool = False, progress: bool = False, log: Log = _say,
+                report: Callable[[Plan], object] | None = None) -> Plan:
+    """Train, evaluate and report a grid; returns the plan. See okd.compare's docstring for the format.
+
+    `report(plan)` writes the report instead of okd.compare.report.write_report (okd demo's own).
+    """
+    plan = plan_grid(grid) if isinstance(grid, dict) else plan_grid(load_grid(grid), source=str(grid))
+    if plan.spec.threads:
+        import torch
+
+        torch.set_num_threads(plan.spec.threads)
+    selected = _select(plan, only, dry_run=dry_run, log=log)
+    if not report_only:
+        for r in plan.runs:
+            if r.name in selected and not r.same_as:
+                check_run_config(r)
+    if dry_run:
+        print(describe_plan(plan))
+        return plan
+
+    t_start = time.perf_counter()
+
+    def elapsed() -> str:
+        return fmt_s(time.perf_counter() - t_start)
+
+    plan.out.mkdir(parents=True, exist_ok=True)
+    if plan.source and Path(plan.source).resolve() != (plan.out / "grid.yaml").resolve():
+        shutil.copyfile(plan.source, plan.out / "grid.yaml")  # what produced this directory
+    if not report_only:
+        ensure_student_inits(plan, log)
+        _train_all(plan, selected, progress=progress, log=log, elapsed=elapsed)
+        if plan.spec.eval is not None:
+            _eval_all(plan, selected, log=log, elapsed=elapsed)
+    if report is not None:
+        report(plan)
+        return plan
+    paths = write_report(plan)
+    log(f"report: {paths['report']} (+ results.csv, results.json, {len(paths['plots'])} plots) "
+        f"[grid elapsed {elapsed()}]")
+    return plan

@@ -1,0 +1,109 @@
+"""Statistics over a grid's training seeds: mean ± std per run group, and paired bootstrap intervals.
+
+A grid with `seeds:` trains each run once per seed (<name>_s<seed>, its group <name>). For each group
+and eval set: the mean over training seeds of each seed's ROUGE-L (itself the mean over sampling
+seeds), with the std over training seeds. For a pair of groups (a, b) and an eval set: the paired
+bootstrap 95% confidence interval of mean ROUGE-L(a) − ROUGE-L(b), pairing by prompt. Each prompt's
+score is its ROUGE-L averaged over every training seed and sampling seed of the group; prompts are
+resampled with replacement (B = 2000, fixed seed), the interval is the 2.5–97.5 percentiles of the
+resampled mean differences (Koehn 2004's paired bootstrap, over prompts).
+"""
+
+from __future__ import annotations
+
+import json
+import statistics
+from pathlib import Path
+
+import numpy as np
+
+from okd.compare.grid import Plan
+from okd.eval.runner import dataset_name
+
+BOOTSTRAP_SAMPLES = 2000
+BOOTSTRAP_SEED = 0
+
+
+def seed_groups(plan: Plan) -> dict[str, list[str]]:
+    """{group: [trained run names, one per seed]} for the groups the seeds expanded."""
+    groups: dict[str, list[str]] = {}
+    for r in plan.runs:
+        if r.seed is not None:
+            groups.setdefault(r.group, []).append(plan.trained(r).name)
+    return groups
+
+
+def _mean_std(values: list[float]) -> dict:
+    return {"mean": statistics.fmean(values), "std": statistics.stdev(values) if len(values) > 1 else None,
+            "n": len(values)}
+
+
+def group_rows(plan: Plan, rows: list[dict]) -> list[dict]:
+    """One row per seed group: training seeds, time, valid CE and ROUGE-L per set as mean ± std over seeds."""
+    by_name = {r["name"]: r for r in rows}
+    out = []
+    for group, names in seed_groups(plan).items():
+        members = [by_name[n] for n in names if n in by_name]
+        if not members:
+            continue
+        row = {"name": group, "method": members[0]["method"], "seeds": len(members), "runs": [m["name"] for m in members]}
+        for key in ("train_s", "valid_loss", "s_per_step"):
+            vals = [m[key] for m in members if m.get(key) is not None]
+            row[key] = _mean_std(vals) if vals else None
+        sets = {s for m in members for s in (m.get("rougeL") or {})}
+        row["rougeL"] = {s: _mean_std([m["rougeL"][s]["mean"] for m in members if s in (m.get("rougeL") or {})])
+                         for s in sorted(sets)}
+        out.append(row)
+    return out
+
+
+def prompt_scores(eval_dir: Path, labels: list[str], dataset: str) -> np.ndarray | None:
+    """[prompts] ROUGE-L per prompt, averaged over the labels' (training seeds') sampling seeds."""
+    per_file = []
+    for label in labels:
+        try:
+            res = json.loads((eval_dir / f"{label}.json").read_text())
+        except (OSError, json.JSONDecodeError):
+            return None
+        entry = res.get("datasets", {}).get(dataset)
+        if not entry:
+            return None
+        for name in entry.get("predictions", []):
+            lines = (eval_dir / name).read_text().splitlines()
+            per_file.append([json.loads(line)["rougeL"] for line in lines if line.strip()])
+    if not per_file or len({len(p) for p in per_file}) != 1:
+        return None  # prompts must line up across files to be paired
+    return np.asarray(per_file, dtype=np.float64).mean(axis=0)
+
+
+def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, samples: int = BOOTSTRAP_SAMPLES,
+                     seed: int = BOOTSTRAP_SEED) -> dict:
+    """Mean of a − b over prompts and its paired bootstrap 95% interval."""
+    d = np.asarray(a, dtype=np.float64) - np.asarray(b, dtype=np.float64)
+    rng = np.random.default_rng(seed)
+    idx = rng.integers(0, len(d), size=(samples, len(d)))
+    means = d[idx].mean(axis=1)
+    lo, hi = np.percentile(means, [2.5, 97.5])
+    return {"mean_diff": float(d.mean()), "ci95": [float(lo), float(hi)], "prompts": int(len(d)),
+            "samples": samples}
+
+
+def intervals(plan: Plan, pairs: list[tuple[str, str]] | None = None) -> list[dict]:
+    """Paired bootstrap intervals per eval set for okd − every other seed group (or the given pairs)."""
+    groups = seed_groups(plan)
+    if pairs is None:
+        focus = [g for g in groups if g == "okd"] or list(groups)[:1]
+        pairs = [(a, b) for a in focus for b in groups if b != a]
+    if plan.spec.eval is None:
+        return []
+    taken: set[str] = set()
+    names = [dataset_name(d, taken) for d in plan.spec.eval.data]  # as okd eval names them
+    out = []
+    for a, b in pairs:
+        for name in names:
+            sa = prompt_scores(plan.out / "eval", groups.get(a, []), name)
+            sb = prompt_scores(plan.out / "eval", groups.get(b, []), name)
+            if sa is None or sb is None or len(sa) != len(sb):
+                continue
+            out.append({"a": a, "b": b, "set": name, **paired_bootstrap(sa, sb)})
+    return out

@@ -1,0 +1,497 @@
+"""Frozen-teacher cache: the teacher's top-k next-token distribution at every scored token, on disk.
+
+`build_cache` runs a frozen teacher once over tokenised splits (the trainer's features, in its order) and
+writes, for every scored token (position t with labels[t+1] != -100: the hidden state at t predicts
+labels[t+1], as okd.methods.base.Scored), the top-k token ids, their log-probabilities at τ = 1 and the
+log of the probability mass outside the top k. `open_cache` checks a directory (manifest, every shard
+present and whole), `validate_cache` checks it against a run config, `TeacherCache.lookup` returns the
+rows of a batch.
+
+Layout of DIR:
+  manifest.json             written last (atomically): what the cache depends on, k, V, per-shard records
+  build.json                only while building: the same fingerprint, so that a rerun resumes
+  <split>-00000.safetensors one shard per `shard_examples` consecutive examples of a split, written to a
+                            temporary file and renamed (a rerun skips complete shards):
+      ids      [n, k]  uint16 when V <= 65,536, else int32: the top-k token ids, most probable first
+      logp     [n, k]  float16 (or float32): log p at τ = 1 of those ids
+      log_tail [n, m]  float32: log Σ_{j outside the top k} p_j^(1/τ) for each τ of manifest
+                       `tail_temperatures` (τ = 1 first: the log of the remaining mass); −inf when k = V
+      offsets  [e + 1] int64: example i of the shard owns rows offsets[i]:offsets[i+1]
+  <split>.digests.bin       an 8-byte digest of every example's (input_ids, labels), in order
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import struct
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from okd.errors import OkdError
+
+log = logging.getLogger(__name__)
+
+FORMAT, VERSION = "okd-teacher-cache", 1
+DEFAULT_TOP_K = 64  # 260 bytes per token at fp16 (benchmarks/bench_cache.py chooses it)
+SHARD_EXAMPLES = 1024
+SHARD_ENTRIES = 1 << 26  # at most ~64M (token, id) entries per shard: ~256 MiB at fp16, bounded build memory
+MEMO_MIN_BYTES = 64 << 20
+# what a message tells the user to do: for damage, rerun the build (it rewrites only what is missing or
+# damaged); for a cache of other settings, build a new one for this config
+REPAIR = "rerun `okd teacher cache -c CONFIG.yaml -o {dir}` to rewrite what is missing"
+REBUILD = "build one for this config with `okd teacher cache -c CONFIG.yaml -o NEW_DIR`"
+_NP = {"U16": np.uint16, "I32": np.int32, "I64": np.int64, "F16": np.float16, "F32": np.float32}
+
+
+# ----------------------------------------------------------------------------- fingerprints
+
+def file_sha256(path: str | Path) -> str:
+    """sha256 of a file; for files of 64 MiB and more (weights, shards) remembered per (path, size, mtime)
+    in okd_home()/file_hashes.json, so that a training start does not re-read a large teacher."""
+    path = Path(path).resolve()
+    st = path.stat()
+    memo_file = key = memo = None
+    if st.st_size >= MEMO_MIN_BYTES:
+        from okd.paths import okd_home
+
+        key, memo_file = f"{path}|{st.st_size}|{st.st_mtime_ns}", okd_home() / "file_hashes.json"
+        try:
+            memo = json.loads(memo_file.read_text())
+        except (OSError, ValueError):
+            memo = {}
+        if key in memo:
+            return memo[key]
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    if memo_file is not None:
+        memo[key] = h.hexdigest()
+        memo = dict(list(memo.items())[-1000:])  # the most recent entries
+        _atomic_write(memo_file, json.dumps(memo).encode())
+    return h.hexdigest()
+
+
+def _files_sha256(files: list[Path], root: Path) -> str:
+    h = hashlib.sha256()
+    for f in sorted(files):
+        h.update(f"{f.relative_to(root)}={file_sha256(f)};".encode())
+    return h.hexdigest()
+
+
+def teacher_identity(model_cfg) -> dict:
+    """The teacher as a config names it, with a sha256 over its weight files (no model is loaded)."""
+    from okd.models.loading import resolve_model_source
+
+    source, gguf = resolve_model_source(model_cfg.path, model_cfg.gguf_file)
+    root = Path(source)
+    if not root.is_dir():  # a hub id: its files in the local hub cache, if they are there
+        try:
+            from huggingface_hub import snapshot_download
+
+            root = Path(snapshot_download(source, revision=model_cfg.revision, local_files_only=True))
+        except Exception:  # noqa: BLE001 - not cached locally
+            raise OkdError(f"teacher {model_cfg.path!r} is not on this machine, so its weights cannot be "
+                           "hashed for the teacher cache; download it and give its directory as teacher.path") from None
+    if gguf:
+        weights = [root / gguf]
+    else:
+        weights = next((fs for pat in ("*.safetensors", "*.bin", "*.pt", "*.pth") if (fs := list(root.glob(pat)))), [])
+        if not weights:
+            raise OkdError(f"teacher directory {str(root)!r} holds no weight files (*.safetensors, *.bin)")
+    config = root / "config.json"
+    return {"path": model_cfg.path, "gguf_file": model_cfg.gguf_file, "revision": model_cfg.revision,
+            "dtype": model_cfg.dtype, "weights_sha256": _files_sha256(weights, root),
+            "config_sha256": file_sha256(config) if config.is_file() and not gguf else None}
+
+
+def tokenizer_sha256(tokenizer) -> str:
+    """sha256 of what decides tokenisation: the serialised tokenizer (without padding/truncation
+    settings), the vocabulary, the special tokens and the chat template."""
+    backend = getattr(tokenizer, "backend_tokenizer", None)
+    spec = {}
+    if backend is not None:
+        spec = json.loads(backend.to_str())
+        spec.pop("padding", None)
+        spec.pop("truncation", None)
+    spec["vocab"] = sorted(tokenizer.get_vocab().items())
+    spec["special"] = [tokenizer.bos_token_id, tokenizer.eos_token_id, tokenizer.pad_token_id]
+    spec["chat_template"] = getattr(tokenizer, "chat_template", None)
+    return hashlib.sha256(json.dumps(spec, sort_keys=True, default=str).encode()).hexdigest()
+
+
+def source_sha256(source: str, split: str) -> str | None:
+    """sha256 of a local data file (or of every data file of a directory); None for a hub dataset."""
+    path = Path(source).expanduser()
+    if not path.exists():
+        try:
+            from okd.data.presets import resolve_data_preset
+
+            found = resolve_data_preset(source, split)
+        except (ImportError, OkdError):
+            found = None
+        if found is None:
+            return None
+        path = Path(found)
+    if path.is_file():
+        return file_sha256(path)
+    files = [p for p in path.rglob("*") if p.is_file() and p.name.endswith((".jsonl", ".json"))]
+    return _files_sha256(files, path)
+
+
+def feature_digests(features: list[dict]) -> np.ndarray:
+    """[n, 8] uint8: a blake2b digest of each feature's input_ids and labels."""
+    out = np.empty((len(features), 8), dtype=np.uint8)
+    for i, f in enumerate(features):
+        h = hashlib.blake2b(np.asarray(f["input_ids"], dtype=np.int64).tobytes(), digest_size=8)
+        h.update(np.asarray(f["labels"], dtype=np.int64).tobytes())
+        out[i] = np.frombuffer(h.digest(), dtype=np.uint8)
+    return out
+
+
+def scored_count(feature: dict) -> int:
+    """Rows an example has in the cache: positions t with labels[t + 1] != -100."""
+    return int((np.asarray(feature["labels"][1:]) != -100).sum())
+
+
+# ----------------------------------------------------------------------------- shard files
+
+def _atomic_write(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    with open(tmp, "wb") as f:
+        f.write(data)
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
+    from safetensors.numpy import save
+
+    _atomic_write(path, save({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
+
+
+def read_shard(path: Path, expect_bytes: int | None = None) -> dict[str, np.ndarray]:
+    """Memory-mapped arrays of one shard; OkdError naming the shard if it is missing, cut short or broken."""
+    where, repair = f"teacher cache shard {str(path)!r}", REPAIR.format(dir=path.parent)
+    if not path.is_file():
+        raise OkdError(f"{where} is missing; {repair}")
+    size = path.stat().st_size
+    if expect_bytes is not None and size != expect_bytes:
+        raise OkdError(f"{where} {'is cut short' if size < expect_bytes else 'has the wrong size'} ({size} of "
+                       f"{expect_bytes} bytes); {repair}")
+    try:
+        with open(path, "rb") as f:
+            (n,) = struct.unpack("<Q", f.read(8))
+            header = json.loads(f.read(n))
+        header.pop("__metadata__", None)
+        end = 8 + n + max(v["data_offsets"][1] for v in header.values())
+        arrays = {k: np.zeros(v["shape"], dtype=_NP[v["dtype"]]) if v["data_offsets"][1] == v["data_offsets"][0]
+                  else np.memmap(path, dtype=_NP[v["dtype"]], mode="r", offset=8 + n + v["data_offsets"][0],
+                                 shape=tuple(v["shape"])) for k, v in header.items()} if end <= size else None
+    except Exception:  # noqa: BLE001 - struct/json/key errors: not a shard
+        raise OkdError(f"{where} is not a readable shard (cut short or overwritten); {repair}") from None
+    if arrays is None:
+        raise OkdError(f"{where} is cut short ({size} of {end} bytes); {repair}")
+    return arrays
+
+
+# ----------------------------------------------------------------------------- building
+
+def _top_k_rows(h, weight, k, temperatures, dtypes, chunk=512):
+    """Top-k ids, their log p (τ = 1) and log Σ_{tail} p^(1/τ) per τ for hidden rows h [N, H] (no grad),
+    as numpy arrays in `dtypes`, converted chunk by chunk (so k = V stays within memory)."""
+    import torch
+
+    out = ([], [], [])
+    for i in range(0, h.shape[0], chunk):
+        logp = torch.log_softmax(h[i:i + chunk].float() @ weight.t(), dim=-1)
+        lp, top = logp.topk(k, dim=-1)
+        rest = logp.scatter_(1, top, float("-inf"))
+        tail = torch.stack([torch.logsumexp(rest if t == 1.0 else rest / t, -1) for t in temperatures], -1)
+        for acc, x, d in zip(out, (top, lp, tail), dtypes):
+            acc.append(x.cpu().numpy().astype(d))
+    return [np.concatenate(a) if a else np.zeros((0, w), d) for a, w, d in zip(out, (k, k, len(temperatures)), dtypes)]
+
+
+def _score_examples(teacher, features, *, vocab_size, k, temperatures, pad_id, batch_size, device, dtypes):
+    """Per example (in the given order): numpy (ids [n_i, k], logp [n_i, k], log_tail [n_i, m]) in `dtypes`."""
+    import torch
+
+    from okd.data.batching import Collator
+    from okd.models.loading import final_hidden, output_weight
+
+    weight = output_weight(teacher)[:vocab_size].detach().to(device=device, dtype=torch.float32)
+    collate = Collator(pad_id)
+    order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))  # little padding
+    out: list = [None] * len(features)
+    for b in range(0, len(order), batch_size):
+        idx = order[b:b + batch_size]
+        batch = collate([{"input_ids": features[i]["input_ids"], "labels": features[i]["labels"]} for i in idx])
+        mask = batch["labels"][:, 1:] != -100
+        with torch.no_grad():
+            hidden = final_hidden(teacher, batch["input_ids"].to(device), batch["attention_mask"].to(device))
+            rows = _top_k_rows(hidden[:, :-1][mask.to(device)], weight, k, temperatures, dtypes)
+        starts = np.cumsum([0] + mask.sum(1).tolist())
+        for j, i in enumerate(idx):
+            out[i] = tuple(r[starts[j]:starts[j + 1]] for r in rows)
+    return out
+
+
+def _shard_arrays(scored) -> dict[str, np.ndarray]:
+    return {"ids": np.concatenate([s[0] for s in scored]), "logp": np.concatenate([s[1] for s in scored]),
+            "log_tail": np.concatenate([s[2] for s in scored]),
+            "offsets": np.cumsum([0] + [len(s[0]) for s in scored]).astype(np.int64)}
+
+
+def _shard_ok(path: Path, expected_counts: list[int], k: int) -> bool:
+    """A shard left by an earlier run is reused if it holds exactly these examples' rows."""
+    try:
+        arrays = read_shard(path)
+    except OkdError:
+        return False
+    want = np.cumsum([0] + expected_counts)
+    return (arrays["offsets"].shape == want.shape and bool((arrays["offsets"] == want).all())
+            and arrays["ids"].shape == (want[-1], k))
+
+
+def _fingerprint_diff(a, b, prefix: str = "") -> str | None:
+    """The first dotted key where two nested dicts differ, or None."""
+    if isinstance(a, dict) and isinstance(b, dict):
+        for key in sorted(set(a) | set(b)):
+            d = _fingerprint_diff(a.get(key), b.get(key), f"{prefix}{key}.")
+            if d:
+                return d
+        return None
+    return None if a == b else prefix.rstrip(".")
+
+
+def _start_or_resume(out: Path, fingerprint: dict) -> dict | None:
+    """The finished manifest if DIR already holds this cache; else prepares DIR (build.json) and returns None."""
+    manifest, build = out / "manifest.json", out / "build.json"
+    for f, what in ((manifest, "a teacher cache"), (build, "an unfinished teacher cache")):
+        if f.is_file():
+            old = json.loads(f.read_text())
+            diff = _fingerprint_diff({k: old.get(k) for k in fingerprint}, fingerprint)
+            if diff:
+                raise OkdError(f"{out} already holds {what} built with another {diff.removeprefix('depends_on.')}; "
+                               "pass another -o DIR or delete that one")
+            for stale in out.glob(".*.tmp-*"):  # what a kill in the middle of a write left behind
+                stale.unlink()
+            return old if f == manifest else None
+    if out.exists() and any(out.iterdir()):
+        raise OkdError(f"{out} is not empty and holds no teacher cache; pass a new or empty -o DIR")
+    out.mkdir(parents=True, exist_ok=True)
+    _atomic_write(build, json.dumps(fingerprint, indent=1).encode())
+    return None
+
+
+def describe_config(cfg, tokenizer) -> dict:
+    """What a cache built from `cfg` depends on (the manifest's `depends_on`, before feature digests)."""
+    data = {"train": {"source": cfg.data.train, "sha256": source_sha256(cfg.data.train, "train"),
+                      "limit": cfg.data.train_limit, "skip_invalid": cfg.data.skip_invalid}}
+    if cfg.data.valid:
+        data["valid"] = {"source": cfg.data.valid, "sha256": source_sha256(cfg.data.valid, "valid"),
+                         "limit": cfg.data.valid_limit, "skip_invalid": cfg.data.skip_invalid}
+    return {"teacher": teacher_identity(cfg.teacher), "tokenizer_sha256": tokenizer_sha256(tokenizer),
+            "template": cfg.data.template, "max_length": cfg.data.max_length, "data": data}
+
+
+def build_cache(out, *, teacher, tokenizer, splits: dict[str, list[dict]], depends_on: dict, vocab_size: int,
+                top_k: int = DEFAULT_TOP_K, temperatures=(1.0,), value_dtype: str = "float16",
+                batch_size: int = 8, shard_examples: int = SHARD_EXAMPLES, device=None, progress: bool = True) -> dict:
+    """Score every split with `teacher` and write DIR (module doc); returns the manifest.
+
+    splits: {"train": features, "valid": features} in the trainer's order. depends_on: `describe_config`
+    (teacher identity, tokenizer hash, template, max_length, per-split data records); the feature
+    digests and counts are added here. Resumes an interrupted build of the same fingerprint.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    out = Path(out)
+    check_top_k(top_k, vocab_size)
+    temperatures = [1.0] + sorted({float(t) for t in temperatures} - {1.0})
+    id_dtype = np.uint16 if vocab_size <= 65536 else np.int32
+    depends_on = json.loads(json.dumps(depends_on))
+    digests = {s: feature_digests(f) for s, f in splits.items()}
+    longest = max(len(f["input_ids"]) for feats in splits.values() for f in feats)
+    shard_examples = max(1, min(shard_examples, SHARD_ENTRIES // (top_k * longest)))  # large k: smaller shards
+    for s, f in splits.items():
+        depends_on["data"][s].update(examples=len(f), features_sha256=hashlib.sha256(digests[s].tobytes()).hexdigest())
+    fingerprint = {"depends_on": depends_on, "top_k": top_k, "vocab_size": vocab_size, "id_dtype": id_dtype.__name__,
+                   "value_dtype": value_dtype, "tail_temperatures": temperatures, "shard_examples": shard_examples}
+    done = _start_or_resume(out, fingerprint)
+    if done is not None:
+        try:
+            open_cache(out)  # every shard still there and whole
+            return done
+        except OkdError as e:  # a shard lost or damaged since: build again what is missing
+            log.warning("%s; rebuilding what is missing", e)
+            _atomic_write(out / "build.json", json.dumps(fingerprint, indent=1).encode())
+            (out / "manifest.json").unlink()
+    device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
+    teacher.to(device).eval()
+    records: dict = {}
+    bar = tqdm(total=sum(map(len, splits.values())), desc="okd teacher cache", unit="ex", disable=not progress)
+    for s, feats in splits.items():
+        shards = []
+        for start in range(0, len(feats), shard_examples):
+            part = feats[start:start + shard_examples]
+            path = out / f"{s}-{start // shard_examples:05d}.safetensors"
+            counts = [scored_count(f) for f in part]
+            if not _shard_ok(path, counts, top_k):
+                scored = _score_examples(teacher, part, vocab_size=vocab_size, k=top_k, temperatures=temperatures,
+                                         pad_id=tokenizer.pad_token_id, batch_size=batch_size, device=device,
+                                         dtypes=(id_dtype, np.dtype(value_dtype), np.float32))
+                _write_shard(path, _shard_arrays(scored))
+            shards.append({"file": path.name, "start": start, "end": start + len(part), "tokens": sum(counts),
+                           "bytes": path.stat().st_size, "sha256": file_sha256(path)})
+            bar.update(len(part))
+        _atomic_write(out / f"{s}.digests.bin", digests[s].tobytes())
+        records[s] = {"examples": len(feats), "tokens": sum(r["tokens"] for r in shards),
+                      "digests": f"{s}.digests.bin", "shards": shards}
+    bar.close()
+    tokens = sum(r["tokens"] for r in records.values())
+    size = sum(sh["bytes"] for r in records.values() for sh in r["shards"])
+    manifest = {"format": FORMAT, "version": VERSION, **fingerprint, "splits": records,
+                "tokens": tokens, "bytes": size, "bytes_per_token": round(size / max(tokens, 1), 2),
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1).encode())
+    (out / "build.json").unlink(missing_ok=True)
+    return manifest
+
+
+def check_top_k(k, vocab_size: int) -> int:
+    if not isinstance(k, int) or k < 1:
+        raise OkdError(f"--top-k must be a positive number of tokens, got {k}")
+    if k > vocab_size:
+        raise OkdError(f"--top-k {k} is larger than the vocabulary ({vocab_size} tokens); use at most "
+                       f"{vocab_size} (--top-k all stores the full distribution)")
+    return k
+
+
+# ----------------------------------------------------------------------------- reading
+
+@dataclass
+class TeacherCache:
+    """An opened cache: the manifest and, per split, memory-mapped shards (see `lookup`)."""
+
+    directory: Path
+    manifest: dict
+    shards: dict  # split -> (starts [S] int64, [shard arrays])
+
+    def __post_init__(self):
+        m = self.manifest
+        self.top_k, self.vocab_size = int(m["top_k"]), int(m["vocab_size"])
+        self.tail_temperatures = [float(t) for t in m["tail_temperatures"]]
+
+    def examples(self, split: str) -> int:
+        return int(self.manifest["splits"][split]["examples"]) if split in self.manifest["splits"] else 0
+
+    def lookup(self, split: str, example_indices):
+        """(ids [N, k] long, logp [N, k] float32, log_tail [N, m] float32) for these examples' scored tokens,
+        example by example in the given order, positions in order (= Scored.from_labels order); log_tail's
+        columns are log Σ_tail p^(1/τ) for τ in `tail_temperatures`."""
+        import torch
+
+        if split not in self.shards:
+            raise OkdError(f"teacher cache {self.directory} has no {split!r} split; {REBUILD}")
+        starts, arrays = self.shards[split]
+        idx = [int(i) for i in torch.as_tensor(example_indices).reshape(-1).tolist()]
+        n = self.examples(split)
+        if any(i < 0 or i >= n for i in idx):
+            raise OkdError(f"example index out of range for the teacher cache's {n} {split} examples; "
+                           f"the cache was built on other data: {REBUILD}")
+        parts = []
+        for i in idx:
+            s = int(np.searchsorted(starts, i, side="right")) - 1
+            a = arrays[s]
+            lo, hi = a["offsets"][i - starts[s]], a["offsets"][i - starts[s] + 1]
+            parts.append((a["ids"][lo:hi], a["logp"][lo:hi], a["log_tail"][lo:hi]))
+        return tuple(torch.from_numpy(np.concatenate([p[j] for p in parts]).astype(dtype))
+                     for j, dtype in enumerate((np.int64, np.float32, np.float32)))
+
+    def check_features(self, split: str, features: list[dict]) -> None:
+        """The run's features must be the cache's (or their first len(features), e.g. data.train_limit)."""
+        n = self.examples(split)
+        if len(features) > n:
+            raise OkdError(f"teacher cache {self.directory} was built on other data: it holds {n} {split} examples, "
+                           f"the run has {len(features)}; {REBUILD}")
+        stored = np.fromfile(self.directory / self.manifest["splits"][split]["digests"], dtype=np.uint8).reshape(-1, 8)
+        bad = np.flatnonzero((stored[:len(features)] != feature_digests(features)).any(1))
+        if len(bad):
+            raise OkdError(f"teacher cache {self.directory} was built on other data: {split} example {bad[0]} "
+                           "differs from the run's (data, tokenizer, template or max_length changed); "
+                           f"{REBUILD}")
+
+
+def open_cache(directory) -> TeacherCache:
+    """Open DIR, checking the manifest and that every shard is present and whole (OkdError naming it)."""
+    d = Path(os.path.expanduser(str(directory)))
+    if not d.is_dir():
+        raise OkdError(f"teacher.cache {str(d)!r} does not exist; build it with "
+                       f"`okd teacher cache -c CONFIG.yaml -o {d}`")
+    mf = d / "manifest.json"
+    if not mf.is_file():
+        if (d / "build.json").is_file():
+            raise OkdError(f"teacher cache {str(d)!r} is unfinished (its build was interrupted); rerun the same "
+                           "`okd teacher cache` command to finish it")
+        raise OkdError(f"{str(d)!r} is not a teacher cache (no manifest.json); build one with "
+                       f"`okd teacher cache -c CONFIG.yaml -o {d}`")
+    try:
+        manifest = json.loads(mf.read_text())
+        assert manifest["format"] == FORMAT and isinstance(manifest["splits"], dict)
+        assert all(k in manifest for k in ("version", "depends_on", "top_k", "vocab_size", "tail_temperatures"))
+    except Exception:  # noqa: BLE001
+        raise OkdError(f"{str(mf)!r} is not a teacher cache manifest; {REBUILD}") from None
+    if manifest["version"] != VERSION:
+        raise OkdError(f"teacher cache {str(d)!r} has format version {manifest['version']}, this okd reads "
+                       f"{VERSION}; {REBUILD}")
+    shards = {}
+    for split, rec in manifest["splits"].items():
+        arrays = [read_shard(d / sh["file"], sh["bytes"]) for sh in rec["shards"]]
+        for sh, a in zip(rec["shards"], arrays):
+            if a["offsets"].shape != (sh["end"] - sh["start"] + 1,) or a["ids"].shape[0] != sh["tokens"]:
+                raise OkdError(f"teacher cache shard {str(d / sh['file'])!r} does not match the manifest; "
+                               f"{REPAIR.format(dir=d)}")
+        dig = d / rec["digests"]
+        if not dig.is_file() or dig.stat().st_size != 8 * rec["examples"]:
+            raise OkdError(f"teacher cache file {str(dig)!r} is missing or cut short; {REPAIR.format(dir=d)}")
+        shards[split] = (np.array([sh["start"] for sh in rec["shards"]], dtype=np.int64), arrays)
+    return TeacherCache(directory=d, manifest=manifest, shards=shards)
+
+
+def _mismatch(cache: TeacherCache, what: str, built, now) -> OkdError:
+    short = (lambda v: v[:12] + "…" if isinstance(v, str) and len(v) > 16 else v)
+    return OkdError(f"teacher cache {cache.directory} does not match the config: {what} differs (cache: "
+                    f"{short(built)}, config: {short(now)}); {REBUILD}")
+
+
+def validate_cache(cache: TeacherCache, cfg, tokenizer, *, vocab_size: int | None = None) -> None:
+    """Refuse a cache built for another teacher, tokenizer, template, max_length, data or vocabulary.
+    (The features themselves are checked by `cache.check_features` once tokenised.)"""
+    dep = cache.manifest["depends_on"]
+    if cfg.teacher.path:
+        now = teacher_identity(cfg.teacher)
+        for key, what in (("weights_sha256", "the teacher (teacher.path weights)"),
+                          ("config_sha256", "the teacher's config.json")):
+            if dep["teacher"].get(key) != now[key]:
+                raise _mismatch(cache, what, dep["teacher"].get(key), now[key])
+    if dep["tokenizer_sha256"] != tokenizer_sha256(tokenizer):
+        raise _mismatch(cache, "the tokenizer", dep["tokenizer_sha256"], tokenizer_sha256(tokenizer))
+    for key, now in (("template", cfg.data.template), ("max_length", cfg.data.max_length)):
+        if dep[key] != now:
+            raise _mismatch(cache, f"data.{key}", dep[key], now)
+    built = dep["data"].get("train", {})
+    now = source_sha256(cfg.data.train, "train") if cfg.data.train else None
+    if built.get("sha256") and now and built["sha256"] != now:
+        raise _mismatch(cache, "data.train (file contents)", built["sha256"], now)
+    if vocab_size is not None and vocab_size != cache.vocab_size:
+        raise _mismatch(cache, "the vocabulary size", cache.vocab_size, vocab_size)

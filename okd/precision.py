@@ -1,0 +1,35 @@
+"""Mixed precision: what the hardware computes fast, and what `train.mixed_precision` resolves to."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+
+from okd.errors import OkdError
+
+
+def cpu_has_bf16() -> bool:
+    """Native bf16 matmuls (AVX512-BF16 or AMX): there bf16 autocast is 3-4x faster than fp32."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return False
+    return "avx512_bf16" in flags or "amx_bf16" in flags
+
+
+def bf16_is_fast() -> bool:
+    if torch.cuda.is_available():
+        return torch.cuda.is_bf16_supported()
+    return cpu_has_bf16()
+
+
+def resolve_mixed_precision(setting: str, device_type: str | None = None) -> str:
+    """`train.mixed_precision` as accelerate takes it: no | bf16 | fp16. `auto` is bf16 on a GPU that
+    has it and no elsewhere (on CPU bf16 is opt-in: benchmarks/README.md); fp16 needs a GPU."""
+    cuda = torch.cuda.is_available() if device_type is None else device_type == "cuda"
+    if setting == "auto":
+        return "bf16" if cuda and torch.cuda.is_bf16_supported() else "no"
+    if setting == "fp16" and not cuda:
+        raise OkdError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on CPU")
+    return setting

@@ -1,0 +1,239 @@
+"""Everything a run needs before its first step, returned as one object (torchtune's `setup`).
+
+`setup(cfg, resume)` checks the config, opens the output directory, builds the accelerator and the
+distribution strategy, loads the models, the data and the optimizers, and restores a checkpoint when
+resuming. The loop (okd/train/trainer.py) then only trains.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+import torch
+
+from okd.config import Config
+from okd.errors import OkdError
+from okd.precision import resolve_mixed_precision
+from okd.train.checkpoint import checkpoint_dirs, clean_temporary, load_checkpoint, write_guard
+from okd.train.preflight import data_warnings
+from okd.train.sharding import check_distributed, head_params, zero3_gathered
+from okd.train.state import BatchOrder, RunState, check_resumed_config, prepare_output_dir
+from okd.train.strategy import Strategy, strategy_for
+
+log = logging.getLogger("okd.train.trainer")
+
+
+@dataclasses.dataclass
+class Run:
+    """One training job, set up: what the loop reads and updates."""
+
+    cfg: Config
+    out: Path
+    accelerator: Any
+    strategy: Strategy
+    method: Any  # okd.methods.Method, holding the (wrapped) models
+    tokenizer: Any
+    optimizers: dict
+    schedulers: dict
+    features: list
+    valid_features: list
+    collate: Any
+    order: BatchOrder
+    state: RunState
+    data_stats: dict
+    saved_step: int | None = None  # the step of the newest checkpoint on disk
+    save_clock: Any = None  # okd.train.checkpoint.SaveClock (train.save_every_minutes)
+
+    @property
+    def ckpt_root(self) -> Path:
+        return self.out / "checkpoints"
+
+    @property
+    def world(self) -> int:
+        return self.accelerator.num_processes
+
+    def micro_batch(self, position: int) -> dict:
+        """This process's share of global micro-batch `position`, on the device (pinned, non-blocking copy)."""
+        bs, rank = self.cfg.train.batch_size, self.accelerator.process_index
+        idx = self.order.batch(position)[rank * bs:(rank + 1) * bs]
+        batch = self.collate([self.features[i] for i in idx])
+        device = self.accelerator.device
+        if device.type == "cuda":
+            return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
+        return {k: v.to(device) for k, v in batch.items()}
+
+
+def make_accelerator(cfg: Config, out: Path):
+    from accelerate import Accelerator
+    from accelerate.state import AcceleratorState, GradientState
+
+    # Each call is a fresh run: forget an earlier run's precision in this process (okd demo, compare and
+    # notebooks train several models in one process; accelerate refuses a changed setting). PartialState,
+    # the process group, stays.
+    AcceleratorState._reset_state()
+    GradientState._reset_state()
+    accelerator = Accelerator(mixed_precision=resolve_mixed_precision(cfg.train.mixed_precision),
+                              log_with=cfg.train.trackers or None, project_dir=str(out))
+    launched = int(os.environ.get("WORLD_SIZE", "1") or 1)
+    if launched > 1 and accelerator.num_processes == 1:
+        raise OkdError(f"launched as {launched} processes, but they did not join one distributed run (each would "
+                       "train alone and overwrite the others' output_dir); on a machine without GPUs set "
+                       "ACCELERATE_USE_CPU=1 (see docs/scale.md)")
+    check_distributed(cfg, accelerator.distributed_type,
+                      getattr(getattr(accelerator.state, "fsdp_plugin", None), "fsdp_version", 1))
+    return accelerator
+
+
+def load_models(cfg: Config):
+    """(student, teacher or None, tokenizer, shared vocabulary size, teacher cache or None); the teacher
+    carries its online module when the method trains one, and is frozen otherwise; with teacher.cache
+    it is not loaded at all."""
+    from okd.models.loading import check_compatible, check_embeddings, load_model, load_tokenizer
+    from okd.models.online import add_online_module
+    from okd.models.teacher_cache import open_cache, validate_cache
+
+    mode = cfg.method.resolved_teacher
+    tokenizer = load_tokenizer(cfg.student)
+    student = load_model(cfg.student)
+    teacher, vocab, cache = None, len(tokenizer), None
+    if cfg.teacher.cache:
+        cache = open_cache(cfg.teacher.cache)
+        validate_cache(cache, cfg, tokenizer, vocab_size=vocab)
+    elif mode != "none":
+        teacher = load_model(cfg.teacher)
+        # (with DeepSpeed's zero3_init_flag the models arrive partitioned: gather the heads to count their rows)
+        with zero3_gathered(head_params(teacher) + head_params(student)):
+            vocab = check_compatible(load_tokenizer(cfg.teacher), tokenizer, teacher, student)
+            check_embeddings(teacher, tokenizer, "teacher")
+        teacher = add_online_module(teacher, cfg.online) if mode == "online" else teacher.requires_grad_(False)
+    with zero3_gathered(head_params(student)):
+        check_embeddings(student, tokenizer, "student")  # every method, sft included
+    student.train()
+    return student, teacher, tokenizer, vocab, cache
+
+
+def load_split(cfg: Config, source: str, split: str, tokenizer, limit: int | None, progress: bool):
+    from okd.data import encode_examples, load_examples_with_stats
+
+    examples, read_stats = load_examples_with_stats(source, split=split, skip_invalid=cfg.data.skip_invalid,
+                                                    limit=limit)
+    features, stats = encode_examples(examples, tokenizer, cfg.data.template, cfg.data.max_length,
+                                      progress=progress)
+    stats.update({f"records_{k}": v for k, v in read_stats.items() if k != "n"})
+    return examples, features, stats
+
+
+def load_data(cfg: Config, tokenizer, progress: bool):
+    """(train features, their stats, valid examples, valid features)."""
+    _, features, stats = load_split(cfg, cfg.data.train, "train", tokenizer, cfg.data.train_limit, progress)
+    for i, f in enumerate(features):
+        f["example_index"] = i  # the row of a teacher cache built on the same data
+    valid_examples, valid_features = [], []
+    if cfg.data.valid:
+        valid_examples, valid_features, _ = load_split(cfg, cfg.data.valid, "valid", tokenizer,
+                                                       cfg.data.valid_limit, False)
+    if stats.get("truncated_response", 0) >= len(features):
+        # nothing would be learnt as written (every answer loses its end and its EOS): a wrong setting
+        raise OkdError(f"every training example is longer than data.max_length={cfg.data.max_length} even after "
+                       f"cutting its prompt: all {len(features)} responses would be cut short; raise data.max_length")
+    if stats.get("truncated_prompt") or stats.get("truncated_response"):
+        log.warning("data.max_length=%d: %d prompts cut from the left, %d responses cut", cfg.data.max_length,
+                    stats.get("truncated_prompt", 0), stats.get("truncated_response", 0))
+    return features, stats, valid_examples, valid_features
+
+
+def make_optimizers(cfg: Config, student, teacher, fused: bool) -> dict:
+    """The student's AdamW, and the online module's when the teacher is online; `fused` (CUDA without
+    sharding): one kernel per step instead of a few per parameter group."""
+    def adamw(params, lr, wd):
+        return torch.optim.AdamW([p for p in params if p.requires_grad], lr=lr, weight_decay=wd, fused=fused or None)
+
+    optimizers = {"student": adamw(student.parameters(), cfg.train.lr, cfg.train.weight_decay)}
+    if cfg.method.resolved_teacher == "online":
+        optimizers["online"] = adamw(teacher.parameters(), cfg.online.lr, cfg.online.weight_decay)
+    return optimizers
+
+
+def make_schedule(cfg: Config, key: str, optimizer):
+    """Linear warm-up (train.warmup_steps) and decay to 0 at train.max_steps; the online module's may be
+    constant (online.lr_schedule), and the student's starts after online.warmup_steps."""
+    from transformers import get_constant_schedule, get_linear_schedule_with_warmup
+
+    if key == "online" and cfg.online.lr_schedule == "constant":
+        return get_constant_schedule(optimizer)
+    held = cfg.online.warmup_steps if key == "student" and cfg.method.resolved_teacher == "online" else 0
+    return get_linear_schedule_with_warmup(optimizer, cfg.train.warmup_steps, max(cfg.train.max_steps - held, 1))
+
+
+def restore(run: Run, resume: bool) -> None:
+    """Continue from the newest checkpoint when resuming (models, optimizers, schedulers, RNG, counters)."""
+    acc, root = run.accelerator, run.ckpt_root
+    if acc.is_main_process:
+        clean_temporary(root)  # what a kill in the middle of a save left behind
+    acc.wait_for_everyone()
+    if resume and checkpoint_dirs(root):
+        last = checkpoint_dirs(root)[-1]
+        student, online = run.strategy.unwrapped()
+        state, method_state = load_checkpoint(last, student=student, online=online, optimizers=run.optimizers,
+                                              schedulers=run.schedulers, rank=acc.process_index,
+                                              **run.strategy.load_args())
+        run.method.load_state_dict(method_state)
+        run.state = RunState.from_dict(state)
+        log.info("resumed from %s (step %d)", last, run.state.step)
+        if state.get("num_processes", acc.num_processes) != acc.num_processes:
+            log.warning("resumed with %d processes, the run had %d: the data order and random streams differ from "
+                        "an uninterrupted run", acc.num_processes, state["num_processes"])
+    elif resume:
+        log.info("no checkpoint in %s; starting from scratch", root)
+    run.state.num_processes = acc.num_processes
+
+
+def setup(cfg: Config, *, resume: bool, progress: bool) -> Run:
+    from accelerate.utils import set_seed
+    from okd.data import Collator
+    from okd.methods import Models, build_method
+
+    out = prepare_output_dir(cfg, resume)
+    accelerator = make_accelerator(cfg, out)
+    strategy = strategy_for(accelerator, cfg)
+    strategy.configure()
+    set_seed(cfg.train.seed)
+    if resume:
+        check_resumed_config(out, cfg)
+    accelerator.wait_for_everyone()  # every rank has read the old config.yaml before it is replaced
+    if accelerator.is_main_process:
+        with write_guard("the run's config", out / "config.yaml"):
+            (out / "config.yaml").write_text(cfg.to_yaml())
+
+    student, teacher, tokenizer, vocab, cache = load_models(cfg)
+    progress = progress and accelerator.is_main_process
+    features, stats, valid_examples, valid_features = load_data(cfg, tokenizer, progress)
+    if cache is not None:
+        cache.check_features("train", features)  # the cache was built on these examples, in this order
+    for warning in data_warnings(cfg, len(features), accelerator.num_processes):
+        log.warning(warning)
+    if len(features) < accelerator.num_processes:
+        raise OkdError(f"{len(features)} training example(s) for {accelerator.num_processes} processes: every "
+                       "process needs at least one; launch fewer processes or give more data")
+    student, teacher, optimizers = strategy.prepare(student, teacher, make_optimizers(
+        cfg, student, teacher, fused=accelerator.device.type == "cuda" and type(strategy) is Strategy))
+    schedulers = strategy.schedulers(lambda key, o: make_schedule(cfg, key, o))
+    method = build_method(cfg, Models(student=student, teacher=teacher, tokenizer=tokenizer, vocab_size=vocab,
+                                     gathered=strategy.gathered, teacher_cache=cache))
+    method.valid_examples = valid_examples
+    pad = cfg.data.pad_to_multiple_of or (64 if accelerator.device.type == "cuda" else 1)
+    order = BatchOrder([len(f["input_ids"]) for f in features], cfg.train.batch_size * accelerator.num_processes,
+                       cfg.train.seed, cfg.data.group_by_length)
+    run = Run(cfg=cfg, out=out, accelerator=accelerator, strategy=strategy, method=method, tokenizer=tokenizer,
+              optimizers=optimizers, schedulers=schedulers, features=features, valid_features=valid_features,
+              collate=Collator(tokenizer.pad_token_id, pad_to_multiple_of=pad), order=order, state=RunState(),
+              data_stats=stats)
+    restore(run, resume)
+    if cfg.train.trackers:
+        accelerator.init_trackers("okd", config=json.loads(json.dumps(cfg.model_dump(mode="json"))))
+    return run
