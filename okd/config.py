@@ -181,11 +181,19 @@ class TrainConfig(Section):
     loss_chunk_size: AtLeastOne = 512  # tokens per loss chunk (benchmarks/bench_losses.py)
     on_nan: Literal["stop", "skip"] = "stop"
     num_workers: NonNegativeInt = 0
+    # torch.compile of the student's and teacher's forwards; auto: reduce-overhead (CUDA graphs) on CUDA, off on
+    # CPU, where it does not pay (benchmarks/README.md)
+    compile: Literal["off", "default", "reduce-overhead", "auto"] = "auto"
 
     @field_validator("mixed_precision", mode="before")
     @classmethod
     def _yaml_no(cls, v):
         return "no" if v is False else v  # YAML reads a bare `no` as false
+
+    @field_validator("compile", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        return "off" if v is False else v  # YAML reads a bare `off` as false
 
 
 class Config(Section):

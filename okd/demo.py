@@ -1,28 +1,39 @@
-"""`okd demo`: the whole method on a real model, offline, in minutes.
+"""`okd demo`: the whole method on a real model, offline, sized to a time budget on this machine.
 
-SmolLM2-135M-Instruct (teacher, from a PyPI wheel) → a depth-pruned copy keeping 8 of its 30 layers
-(student), ShareGPT first turns (from a PyPI wheel) as data. sft, fkd and okd train under the same
-small budget; the three students, the untrained pruned student and the teacher are then evaluated on
-held-out ShareGPT prompts (ROUGE-L, one sampled answer each), and a table plus three sample answers
-per model are printed. Every stage is cached under the output directory (and the presets under
-OKD_HOME), so a second run only prints.
+SmolLM2-135M-Instruct (teacher, from a PyPI wheel) → a depth-pruned copy keeping 15 of its 30 layers
+(student), ShareGPT first turns with short answers (from a PyPI wheel) as data, sequences of at most 128
+tokens. sft, fkd and okd
+train the same number of steps, chosen so that the whole demo ends within `--minutes` (default 12) of its
+start on this machine: after the presets are ready and the teacher and the untrained student are
+evaluated, a 3-step probe of each method measures its cost (okd/demo_budget.py). The students, the
+untrained student and the teacher are evaluated on held-out prompts (ROUGE-L of one sampled answer,
+temperature 1, as in the paper) and the report prints a table, the learning curves and greedy sample
+answers of every model. Every stage is cached under the output directory (the presets under OKD_HOME),
+so a second run with the same budget only prints.
 
 The training, evaluation and skipping are okd compare's: the demo writes a built-in grid
-(`<output>/grid.yaml`: runs/<method>/, eval/<model>.json, the references `teacher` and
-`student_init`) and runs it in-process, with its own report (the table and the sample answers) in
-place of compare's; `okd compare -c <output>/grid.yaml` then gives compare's full report and plots.
+(`<output>/grid.yaml`: runs/<method>/, eval/<model>.json, the references `teacher` and `student_init`)
+and runs it in-process, with its own report in place of compare's; `okd compare -c <output>/grid.yaml`
+then gives compare's full report and plots.
 
-`okd demo --tiny` does the same with tiny random models built on the fly, in a minute.
+`okd demo --tiny` does the same with tiny random models built on the fly (the tiny teacher is fine-tuned
+first), 150 steps per method, in a minute or two; `--steps N` fixes the steps instead of a budget.
 """
 
 from __future__ import annotations
 
 import json
+import shutil
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from okd.config import build_config
+
+DEFAULT_MINUTES = 12.0
+TINY_STEPS = 300
+TINY_TEACHER_STEPS = 300
 
 
 @dataclass
@@ -34,70 +45,105 @@ class DemoPlan:
     methods: tuple = ("sft", "fkd", "okd")
     steps: int = 40
     batch_size: int = 4
-    max_length: int = 256
+    max_length: int = 128  # half of 256: half the cost of a step, and the pruned student's answers are short
     mixed_precision: str = "no"  # bf16 where the CPU multiplies bf16 natively (3-4x faster)
-    lr: float = 1e-4
-    eval_limit: int = 40
-    max_new_tokens: int = 64
+    lr: float = 2e-4
+    eval_limit: int = 24
+    max_new_tokens: int = 48
+    max_prompt_length: int = 128
+    valid_limit: int = 16
+    eval_every: int = 0  # 0: validate at the end only
     online_rank: int = 32
     online_layers: int | None = None
-    title: str = "SmolLM2-135M-Instruct → 8-layer student"
+    sample_tokens: int = 64  # greedy sample answers shown in the report
+    title: str = "SmolLM2-135M-Instruct → 15-layer student"
+    student_layers: int = 15
 
 
 def _say(msg: str) -> None:
     print(f"[okd demo] {msg}", flush=True)
 
 
-def prepare_real(out: Path) -> DemoPlan:
+def prepare_real(out: Path, layers: int = 15) -> DemoPlan:
     from okd.data.presets import resolve_data_preset
     from okd.models.presets import resolve_model_preset
     from okd.models.prune import init_student
+    from okd.paths import atomic_dir
+    from okd.precision import bf16_is_fast
 
     _say("teacher: SmolLM2-135M-Instruct (preset smollm2-135m-instruct)")
     teacher = resolve_model_preset("smollm2-135m-instruct")
-    student = out / "student-init"
+    student = out / f"student-init-{layers}l"
     if not (student / "config.json").is_file():
-        _say("student: keeping 8 of the teacher's 30 layers (uniform)")
-        _, nt, ns = init_student(str(teacher), 8, "uniform", student)
+        _say(f"student: keeping {layers} of the teacher's 30 layers (uniform)")
+        with atomic_dir(student) as tmp:
+            _, nt, ns = init_student(str(teacher), layers, "uniform", tmp, overwrite=True)
         _say(f"teacher {nt / 1e6:.1f}M parameters, student {ns / 1e6:.1f}M")
-    for split in ("train", "valid", "test"):
-        resolve_data_preset("sharegpt", split)
-    from okd.precision import bf16_is_fast
+    data = out / "sharegpt-short"
+    if not (data / "test.jsonl").is_file():
+        with atomic_dir(data) as tmp:
+            kept = {split: short_pairs(resolve_data_preset("sharegpt", split), tmp / f"{split}.jsonl")
+                    for split in ("train", "valid", "test")}
+        _say("data: ShareGPT first turns with short answers (" + ", ".join(f"{k} {v}" for k, v in kept.items()) + ")")
+    return DemoPlan(teacher=str(teacher), student=str(student), data=str(data), template="chat",
+                    mixed_precision="bf16" if bf16_is_fast() else "no", student_layers=layers,
+                    title=f"SmolLM2-135M-Instruct → {layers}-layer student")
 
-    bf16 = bf16_is_fast()
-    return DemoPlan(teacher=str(teacher), student=str(student), data="sharegpt", template="chat",
-                    mixed_precision="bf16" if bf16 else "no")
+
+SHORT_PROMPT_CHARS, SHORT_ANSWER_CHARS = 300, 400  # ~75 and ~100 tokens: most pairs fit 128 tokens whole
+
+
+def short_pairs(src: Path, dst: Path, limit: int = 4000) -> int:
+    """The pairs of a ShareGPT split with a short prompt and a short answer (a narrower skill: a pruned
+    student learns to answer briefly, and to stop, within the demo's few steps); returns how many."""
+    kept = 0
+    with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
+        for line in f:
+            rec = json.loads(line)
+            prompt = rec.get("instruction", "") + rec.get("input", "")
+            if len(prompt) <= SHORT_PROMPT_CHARS and len(rec.get("output", "")) <= SHORT_ANSWER_CHARS:
+                out.write(line if line.endswith("\n") else line + "\n")
+                kept += 1
+                if kept >= limit:
+                    break
+    return kept
+
+
+def _tiny_data(data: Path) -> None:
+    """A synthetic split dataset: short, learnable (the answer repeats the two words before '=>')."""
+    data.mkdir(parents=True)
+    words = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "rain", "star"]
+    for split, (lo, hi) in {"train": (0, 400), "valid": (400, 440), "test": (440, 480)}.items():
+        rows = [{"instruction": f"Repeat: {words[i % 10]} {words[(i * 7) % 10]} =>",
+                 "input": "", "output": f" {words[i % 10]} {words[(i * 7) % 10]}"} for i in range(lo, hi)]
+        (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
 
 
 def prepare_tiny(out: Path) -> DemoPlan:
     from okd.models.tiny import save_tiny
+    from okd.paths import fix_permissions
     from okd.train import train
 
     init, student = out / "tiny-teacher-init", out / "student-init"
     if not (init / "config.json").is_file():
-        save_tiny(init, "llama", layers=4, hidden=128, seed=1)
+        fix_permissions(save_tiny(init, "llama", layers=4, hidden=128, seed=1))
     if not (student / "config.json").is_file():
-        save_tiny(student, "llama", layers=2, hidden=64, seed=2)
+        fix_permissions(save_tiny(student, "llama", layers=2, hidden=64, seed=2))
     data = out / "tiny-data"
     if not data.is_dir():
-        # a synthetic split dataset: short, learnable (the answer repeats words of the instruction)
-        data.mkdir(parents=True)
-        words = ["red", "blue", "green", "cat", "dog", "sun", "moon", "tree", "rain", "star"]
-        for split, (lo, hi) in {"train": (0, 400), "valid": (400, 440), "test": (440, 480)}.items():
-            rows = [{"instruction": f"Repeat: {words[i % 10]} {words[(i * 7) % 10]}",
-                     "input": "", "output": f"{words[i % 10]} {words[(i * 7) % 10]}"} for i in range(lo, hi)]
-            (data / f"{split}.jsonl").write_text("".join(json.dumps(r) + "\n" for r in rows))
+        _tiny_data(data)
     # a random teacher has nothing to teach: fine-tune it on the task first (cached like the rest)
     teacher_run = out / "teacher-sft"
     if not (teacher_run / "summary.json").is_file():
-        _say("training the tiny teacher (sft, 150 steps)")
+        _say(f"training the tiny teacher (sft, {TINY_TEACHER_STEPS} steps)")
         train(build_config({}, [f"student.path={init}", f"data.train={data}", "method.name=sft",
-                                "data.max_length=128", "train.max_steps=150", "train.batch_size=16",
-                                "train.lr=3e-3", "train.warmup_steps=10", f"output_dir={teacher_run}"]),
-              resume=True)
+                                "data.template=plain", "data.max_length=64", f"train.max_steps={TINY_TEACHER_STEPS}",
+                                "train.batch_size=16", "train.lr=3e-3", "train.warmup_steps=10",
+                                f"output_dir={teacher_run}"]), resume=True, progress=False)
+        fix_permissions(teacher_run / "student")
     return DemoPlan(teacher=str(teacher_run / "student"), student=str(student), data=str(data),
-                    template="alpaca", steps=150, batch_size=16, max_length=128, lr=3e-3, eval_limit=40,
-                    max_new_tokens=16, online_rank=8, title="tiny")
+                    template="plain", steps=TINY_STEPS, batch_size=16, max_length=64, lr=3e-3, eval_limit=40,
+                    max_new_tokens=12, max_prompt_length=48, online_rank=8, sample_tokens=12, title="tiny")
 
 
 def demo_grid(plan: DemoPlan, out: Path) -> dict:
@@ -108,90 +154,169 @@ def demo_grid(plan: DemoPlan, out: Path) -> dict:
     return {
         "output_dir": str(out),
         "isolate": False,  # one process: the models are small and the start-up would dominate
+        "keep_checkpoints": False,  # optimizer states: GBs the demo never resumes from once a run is done
         "title": f"okd demo ({plan.title})",
         "base": {
             "teacher": {"path": plan.teacher},
             "student": {"path": plan.student},
             "data": {"train": plan.data, "valid": plan.data, "template": plan.template,
-                     "max_length": plan.max_length, "valid_limit": 64, "train_limit": plan.steps * plan.batch_size},
+                     "max_length": plan.max_length, "max_prompt_length": plan.max_prompt_length,
+                     "valid_limit": plan.valid_limit, "train_limit": plan.steps * plan.batch_size},
             "online": online,
             "train": {"max_steps": plan.steps, "batch_size": plan.batch_size, "lr": plan.lr,
-                      "warmup_steps": max(1, plan.steps // 10), "mixed_precision": plan.mixed_precision},
+                      "warmup_steps": max(1, plan.steps // 10), "mixed_precision": plan.mixed_precision,
+                      "eval_every": plan.eval_every, "save_every_minutes": 0},
         },
         "runs": [{"name": name, "overrides": {"method.name": name}} for name in plan.methods],
         "eval": {"data": [plan.data], "split": "test", "template": plan.template, "seeds": 1,
-                 "max_new_tokens": plan.max_new_tokens, "limit": plan.eval_limit, "batch_size": 20,
+                 "max_new_tokens": plan.max_new_tokens, "max_prompt_length": plan.max_prompt_length,
+                 "limit": plan.eval_limit, "batch_size": plan.eval_limit,
                  "dtype": "bfloat16" if plan.mixed_precision == "bf16" else "float32",
                  "references": ["teacher", "student_init"]},
     }
 
 
-LABELS = {"student_init": "student (untrained)"}  # the demo's name for compare's reference row
+def _write_grid(plan: DemoPlan, out: Path):
+    """grid.yaml (for `okd compare -c`) and its plan."""
+    import yaml
+
+    from okd.compare import plan_grid
+
+    grid = out / "grid.yaml"
+    grid.write_text(yaml.safe_dump(demo_grid(plan, out), sort_keys=False, allow_unicode=True))
+    return grid, plan_grid(demo_grid(plan, out))
 
 
-def _samples(out: Path, label: str, n: int = 3) -> list[str]:
-    """The first n prompts and sampled answers of a model's evaluation, as markdown list items."""
-    res = json.loads((out / "eval" / f"{label}.json").read_text())
-    d = next(iter(res["datasets"].values()))
-    lines = (out / "eval" / d["predictions"][0]).read_text().splitlines()[:n]
-    items = []
-    for p in map(json.loads, lines):
-        q = p["instruction"].replace("\n", " ")[:100]
-        a = p["prediction"].replace("\n", " ")[:200]
-        items.append(f"- **{q}** → {a}")
-    return items
+def _samples(plan: DemoPlan, grid_plan, label: str, model: str) -> dict:
+    from okd.demo_report import sample_examples, write_samples
+
+    examples = sample_examples(plan.data, "test", plan.eval_limit)
+    return write_samples(grid_plan.out / "samples" / f"{label}.json", model, examples, template=plan.template,
+                         max_new_tokens=plan.sample_tokens, max_prompt_length=plan.max_prompt_length,
+                         dtype="bfloat16" if plan.mixed_precision == "bf16" else "float32")
 
 
-def _table_row(r: dict) -> list[str]:
-    """model, ROUGE-L, train s (wall clock), train tokens/s, valid CE, gen tokens/s ("-": not trained)."""
-    def num(v, fmt: str) -> str:
-        return fmt.format(float("nan") if v is None else v)
+def _evaluate_references(plan: DemoPlan, grid_plan) -> float:
+    """Evaluate the teacher and the untrained student first; returns the untrained student's evaluation time
+    (samples included), the measure of one trained student's."""
+    from okd.compare import evaluate_model
 
-    rouge = next(iter((r.get("rougeL") or {}).values()), None)
-    train = ["-", "-", "-"] if r["kind"] == "reference" else \
-        [num(r["wall_clock_s"], "{:.0f}"), num(r["tokens_per_s"], "{:.0f}"), num(r["valid_loss"], "{:.3f}")]
-    return [LABELS.get(r["name"], r["name"]), num(rouge and rouge["mean"], "{:.2f}"), *train,
-            num(r.get("gen_tokens_per_s"), "{:.0f}")]
+    seconds = 0.0
+    for label, model in (("teacher", grid_plan.teacher), ("student_init", grid_plan.student_init)):
+        done = evaluate_model(grid_plan, label, model, exposure=False, log=_say)
+        if done:
+            _say(f"eval {label}: {'; '.join(done)}")
+        samples = _samples(plan, grid_plan, label, model)
+        if label == "student_init":
+            res = json.loads((grid_plan.out / "eval" / "student_init.json").read_text())
+            seconds = float(res.get("wall_s", 0.0)) + float(samples.get("seconds", 0.0))
+    return seconds
 
 
-def demo_report(plan: DemoPlan, grid_plan) -> str:
-    """report.md of the demo: one table row per model (from okd compare's results) and sample answers."""
-    from okd.compare import collect_results
+def _clear_stale(grid_plan) -> None:
+    """Runs (and their evaluations) trained with another budget are the demo's own: retrain them."""
+    from okd.compare import check_run_config
+    from okd.errors import OkdError
+
+    for r in grid_plan.runs:
+        try:
+            check_run_config(r)
+        except OkdError:
+            _say(f"{r.name}: trained with another budget; training it again")
+            shutil.rmtree(r.dir, ignore_errors=True)
+            for stale in (grid_plan.out / "eval").glob(f"{r.name}.*"):
+                stale.unlink()
+            (grid_plan.out / "samples" / f"{r.name}.json").unlink(missing_ok=True)
+
+
+def _plan_budget(plan: DemoPlan, out: Path, minutes: float, t0: float):
+    """Measure (or reuse) and set plan.steps / plan.eval_every for the budget; returns the Budget."""
+    from okd.demo_budget import Budget, choose_steps, eval_every, load_budget, probe_method
+
+    path = out / "budget.json"
+    budget = load_budget(path, minutes)
+    if budget is not None:
+        _say(f"budget: reusing {budget.steps} steps per method chosen for --minutes {minutes:g} ({path})")
+    else:
+        _, grid_plan = _write_grid(plan, out)
+        eval_s = _evaluate_references(plan, grid_plan)
+        probes = {r.name: probe_method(r.cfg.model_dump(mode="json"), out / "probes" / r.name, _say)
+                  for r in grid_plan.runs}
+        shutil.rmtree(out / "probes", ignore_errors=True)
+        spent = time.perf_counter() - t0
+        steps, rest, note = choose_steps(probes, remaining_s=minutes * 60 - spent, eval_s=eval_s)
+        budget = Budget(minutes=minutes, steps=steps, eval_every=eval_every(steps), probes=probes, eval_s=eval_s,
+                        spent_s=spent, estimate_s=spent + rest, note=note)
+        path.write_text(json.dumps(budget.to_json(), indent=1) + "\n")
+        _say(f"budget: {steps} steps per method fit --minutes {minutes:g} (predicted total "
+             f"{budget.estimate_s / 60:.1f} min){'; ' + note if note else ''}")
+    plan.steps, plan.eval_every = budget.steps, budget.eval_every
+    return budget
+
+
+def demo_report(plan: DemoPlan, grid_plan, budget=None, started: float | None = None) -> str:
+    """report.md of the demo: the table (okd compare's results), the learning curves and sample answers."""
+    from okd.compare import collect_results, hardware
+    from okd.demo_budget import describe
+    from okd.demo_report import LABELS, SAMPLE_DECODING, machine_line, sample_lines, table_row
+    from okd.eval.curves import plot_runs
     from okd.eval.report import markdown_table
 
     rows = collect_results(grid_plan)
-    lines = [f"# okd demo ({plan.title})", "",
-             f"Budget per method: {plan.steps} steps × batch {plan.batch_size}, max length {plan.max_length}, "
-             f"{'bf16 autocast' if plan.mixed_precision == 'bf16' else 'fp32'}; eval: {plan.eval_limit} held-out "
-             f"prompts, one sampled answer (temperature 1), {plan.max_new_tokens} new tokens.", "",
-             markdown_table(["model", "ROUGE-L", "train s", "train tokens/s", "valid CE", "gen tokens/s"],
-                            [_table_row(r) for r in rows]),
-             "", "## Sample answers", ""]
+    trained = [r for r in rows if r["kind"] != "reference"]
+    curves = plot_runs([grid_plan.out / "runs" / r["name"] for r in trained], grid_plan.out / "learning_curves.png",
+                       labels=[r["name"] for r in trained], title=f"okd demo ({plan.title})") if trained else None
+    precision = "bf16 autocast" if plan.mixed_precision == "bf16" else "fp32"
+    lines = [f"# okd demo ({plan.title})", "", machine_line(hardware(), precision), "",
+             f"Per method: {plan.steps} steps × batch {plan.batch_size}, max length {plan.max_length}, lr {plan.lr:g}. "
+             f"Evaluation: {plan.eval_limit} held-out prompts, one sampled answer each (temperature 1, top-p 1: "
+             f"the paper's protocol), at most {plan.max_new_tokens} new tokens.", ""]
+    if budget is not None:
+        lines += [describe(budget), ""]
+    lines += [markdown_table(["model", "ROUGE-L", "train s", "train tokens/s", "valid CE", "gen tokens/s"],
+                             [table_row(r) for r in rows]), ""]
+    if curves is not None:
+        lines += [f"![Learning curves]({curves.name})", ""]
+    lines += ["## Sample answers", "", f"Decoding: {SAMPLE_DECODING} (for reading; the table's ROUGE-L is over "
+              f"sampled answers), at most {plan.sample_tokens} new tokens; '…': cut at that length.", ""]
     for r in rows:
-        lines += [f"### {LABELS.get(r['name'], r['name'])}", *_samples(grid_plan.out, r["name"]), ""]
+        model = r.get("model") or str(grid_plan.out / "runs" / r["name"] / "student")
+        lines += [f"### {LABELS.get(r['name'], r['name'])}", *sample_lines(_samples(plan, grid_plan, r["name"], model)),
+                  ""]
+    if started is not None:
+        lines += [f"This invocation of the demo took {(time.perf_counter() - started) / 60:.1f} min (stages cached by "
+                  "an earlier one are skipped).", ""]
     text = "\n".join(lines)
     (grid_plan.out / "report.md").write_text(text)
     return text
 
 
 def run_demo(out: str | Path = "runs/demo", *, tiny: bool = False, steps: int | None = None,
-             eval_limit: int | None = None) -> Path:
-    """Prepare the models and data, then train, evaluate and report the demo grid through okd compare."""
-    import yaml
-
+             eval_limit: int | None = None, minutes: float | None = None) -> Path:
+    """Prepare the models and data, size the budget, then train, evaluate and report the demo grid through
+    okd compare. `steps` fixes the steps per method; otherwise `minutes` (default 12; the tiny demo uses
+    150 steps unless given minutes) sets them from measurements on this machine."""
     from okd.compare import run_compare
 
+    t0 = time.perf_counter()
     out = Path(out) / ("tiny" if tiny else "smollm2")
     out.mkdir(parents=True, exist_ok=True)
     plan = prepare_tiny(out) if tiny else prepare_real(out)
-    if steps:
-        plan.steps = steps
     if eval_limit:
         plan.eval_limit = eval_limit
-    grid = out / "grid.yaml"  # `okd compare -c <out>/grid.yaml` gives compare's full report of the same runs
-    grid.write_text(yaml.safe_dump(demo_grid(plan, out), sort_keys=False, allow_unicode=True))
-    run_compare(grid, progress=sys.stderr.isatty(), log=_say, report=lambda p: demo_report(plan, p))
+    budget = None
+    if steps:
+        plan.steps = steps
+    elif minutes is not None or not tiny:
+        budget = _plan_budget(plan, out, minutes or DEFAULT_MINUTES, t0)
+    if not plan.eval_every:
+        from okd.demo_budget import eval_every
+
+        plan.eval_every = eval_every(plan.steps)
+    grid, grid_plan = _write_grid(plan, out)  # `okd compare -c <out>/grid.yaml`: compare's report of the same runs
+    _clear_stale(grid_plan)
+    run_compare(grid, progress=sys.stderr.isatty(), log=_say, report=lambda p: demo_report(plan, p, budget, t0))
     print()
     print((out / "report.md").read_text())
-    _say(f"report written to {out / 'report.md'}")
+    _say(f"report written to {out / 'report.md'} ({(time.perf_counter() - t0) / 60:.1f} min)")
     return out

@@ -6,6 +6,16 @@ return), an explicit sampling configuration that ignores whatever the checkpoint
 `generation_config.json` suggests (evaluation must be temperature 1, top-p 1, top-k off unless asked),
 and seeding that leaves the caller's global RNG state untouched.
 
+On CUDA (issue 14: the host-bound GPU) generation uses a static KV cache
+(`cache_implementation="static"`): the cache is allocated once per call at prompt width +
+`max_new_tokens`, so every decode step has the same shapes and transformers compiles the decode
+forward (`torch.compile`, its default `CompileConfig`: mode "reduce-overhead", i.e. CUDA graphs).
+Prompts are left-padded to a multiple of `STATIC_PAD_MULTIPLE` (64) tokens there, so calls see few
+distinct shapes and few recompilations (CUDA graphs are recorded per shape). On CPU nothing
+changes: dynamic cache, exact padding, no compile (the same tokens as before, bit for bit).
+`static_cache`, `compile` and `pad_multiple` override the automatic choice (tests run the static
+path on CPU); a model sharded by DeepSpeed ZeRO-3 or FSDP keeps the dynamic cache (and exact padding).
+
 transformers 5 semantics: a `top_k` of None in a GenerationConfig is filled from the checkpoint's
 generation_config or the library default (50), while `top_k=0` disables the top-k filter; so we
 always pass the value explicitly and 0 means off.
@@ -59,8 +69,17 @@ def pad_id(tokenizer, eos: list[int]) -> int:
     return int(pid)
 
 
-def left_pad(prompts: list[list[int]], pad_token_id: int, device=None) -> dict[str, torch.Tensor]:
-    width = max(len(p) for p in prompts)
+STATIC_PAD_MULTIPLE = 64  # prompt width bucket on CUDA
+
+
+def padded_width(width: int, multiple: int = 1) -> int:
+    """`width` rounded up to a multiple of `multiple`."""
+    return -(-width // max(1, multiple)) * max(1, multiple)
+
+
+def left_pad(prompts: list[list[int]], pad_token_id: int, device=None, multiple: int = 1) -> dict[str, torch.Tensor]:
+    """Left-padded ids and mask, `multiple` rounding the width up (a shape bucket)."""
+    width = padded_width(max(len(p) for p in prompts), multiple)
     ids = torch.full((len(prompts), width), pad_token_id, dtype=torch.long)
     mask = torch.zeros((len(prompts), width), dtype=torch.long)
     for i, p in enumerate(prompts):
@@ -68,6 +87,26 @@ def left_pad(prompts: list[list[int]], pad_token_id: int, device=None) -> dict[s
             ids[i, width - len(p):] = torch.tensor(p, dtype=torch.long)
             mask[i, width - len(p):] = 1
     return {"input_ids": ids.to(device), "attention_mask": mask.to(device)}
+
+
+def sharded(model) -> bool:
+    """True for a model partitioned by DeepSpeed ZeRO-3 or wrapped by FSDP (no static cache there)."""
+    if any(hasattr(p, "ds_id") for p in model.parameters()):
+        return True
+    return any("FSDP" in type(m).__name__ or type(m).__name__ == "FullyShardedDataParallel"
+               for m in model.modules())
+
+
+def static_cache_for(model, static_cache: bool | None = None) -> bool:
+    """The static KV cache is used where asked, or by default on CUDA for an unsharded model."""
+    if static_cache is not None:
+        return bool(static_cache)
+    return model_device(model).type == "cuda" and not sharded(model)
+
+
+def default_pad_multiple(device: torch.device, static: bool = True) -> int:
+    """64 for the static cache on CUDA (a few shapes to compile), else 1 (exact: no padding to pay for)."""
+    return STATIC_PAD_MULTIPLE if device.type == "cuda" and static else 1
 
 
 class _VocabLimit:
@@ -84,10 +123,47 @@ class _VocabLimit:
         return scores
 
 
+def compile_config():
+    """torch.compile settings of the decode step: transformers' default CompileConfig (mode
+    "reduce-overhead", i.e. CUDA graphs; dynamic shapes left to torch). One place, so a test can swap
+    in a quick backend."""
+    from transformers import CompileConfig
+
+    return CompileConfig()
+
+
+def generation_config(*, max_new_tokens: int, pad: int, eos: list[int], greedy: bool, temperature: float,
+                      top_p: float, top_k: int, use_cache: bool, static: bool, compile: bool | None):
+    """A GenerationConfig with an explicit value for every sampling knob, so a checkpoint's
+    generation_config cannot add top-k 50, repetition penalties etc. behind our back (None fields
+    would be filled from it). `static`: a static KV cache; `compile`: None lets transformers decide
+    (it compiles the decode step on CUDA with a static cache), False never, True on any device."""
+    from transformers import GenerationConfig
+
+    kwargs = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, num_beams=1,
+                  pad_token_id=pad, eos_token_id=eos or None, use_cache=use_cache,
+                  repetition_penalty=1.0, no_repeat_ngram_size=0, bos_token_id=None)
+    if greedy:
+        kwargs.update(do_sample=False)
+    else:
+        kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p),
+                      top_k=int(top_k), typical_p=1.0, min_p=0.0)
+    if static and use_cache:
+        kwargs.update(cache_implementation="static")
+        if compile is False:
+            kwargs.update(disable_compile=True)
+        elif compile:
+            config = compile_config()
+            config._compile_all_devices = True  # transformers' own switch for compiling off CUDA
+            kwargs.update(compile_config=config)
+    return GenerationConfig(**kwargs)
+
+
 def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
              seed: int | None = None, batch_size: int = 16, progress: bool = False,
-             vocab_limit: int | None = None, use_cache: bool = True) -> GenerationResult:
+             vocab_limit: int | None = None, use_cache: bool = True, static_cache: bool | None = None,
+             compile: bool | None = None, pad_multiple: int | None = None) -> GenerationResult:
     """Generate a response for each prompt (token id lists); returns them in the prompts' order.
 
     Sampling uses exactly `temperature`, `top_p` and `top_k` (0 = off); `greedy=True` ignores them.
@@ -95,8 +171,10 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
     gives the same samples and the caller's RNG stream is unaffected. Each call with a seed draws
     from one RNG stream across its batches, so results depend on the batch size too.
     `vocab_limit` forbids sampling ids >= it. The model is put in eval mode for the call and restored.
+    `static_cache` (None: on CUDA), `compile` (None: transformers' choice, i.e. on CUDA with the
+    static cache) and `pad_multiple` (None: 64 with the static cache on CUDA, else 1): module doc.
     """
-    from transformers import GenerationConfig, LogitsProcessorList
+    from transformers import LogitsProcessorList
 
     if not prompts:
         return GenerationResult([], [], [], 0)
@@ -111,26 +189,12 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
     eos = eos_ids(model, tokenizer)
     pad = pad_id(tokenizer, eos)
     device = model_device(model)
-
-    # Explicit values for every sampling knob, so a checkpoint's generation_config cannot add
-    # top-k 50, repetition penalties etc. behind our back (None fields would be filled from it).
-    gen_kwargs = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, num_beams=1,
-                      pad_token_id=pad, eos_token_id=eos or None, use_cache=use_cache,
-                      repetition_penalty=1.0, no_repeat_ngram_size=0, bos_token_id=None)
-    if greedy:
-        gen_kwargs.update(do_sample=False)
-    else:
-        gen_kwargs.update(do_sample=True, temperature=float(temperature), top_p=float(top_p),
-                          top_k=int(top_k), typical_p=1.0, min_p=0.0)
-    config = GenerationConfig(**gen_kwargs)
+    static = static_cache_for(model, static_cache) and use_cache
+    config = generation_config(max_new_tokens=max_new_tokens, pad=pad, eos=eos, greedy=greedy,
+                               temperature=temperature, top_p=top_p, top_k=top_k, use_cache=use_cache,
+                               static=static, compile=compile)
     processors = LogitsProcessorList([_VocabLimit(vocab_limit)] if vocab_limit else [])
-
-    # Longest first: equal-length neighbours need little padding, and an OOM shows up at once.
-    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    sequences: list[list[int] | None] = [None] * len(prompts)
-    finished: list[bool] = [False] * len(prompts)
-    eos_set = set(eos)
-    n_tokens = 0
+    multiple = default_pad_multiple(device, static) if pad_multiple is None else pad_multiple
 
     was_training = model.training
     model.eval()
@@ -141,22 +205,35 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
                                                       enabled=seed is not None):
             if seed is not None:
                 torch.manual_seed(seed)
-            batches = range(0, len(order), batch_size)
-            if progress:
-                from tqdm.auto import tqdm
-                batches = tqdm(batches, desc="generate", unit="batch")
-            for b in batches:
-                idx = order[b:b + batch_size]
-                enc = left_pad([prompts[i] for i in idx], pad, device)
-                out = model.generate(**enc, generation_config=config, logits_processor=processors)
-                new = out[:, enc["input_ids"].shape[1]:].tolist()
-                for i, toks in zip(idx, new):
-                    cut = next((k for k, t in enumerate(toks) if t in eos_set), None)
-                    finished[i] = cut is not None
-                    sequences[i] = toks if cut is None else toks[:cut]
-                    n_tokens += len(sequences[i]) + (1 if cut is not None else 0)
+            sequences, finished, n_tokens = _batches(model, prompts, config, processors, pad, set(eos),
+                                                     batch_size, multiple, progress)
     finally:
         model.train(was_training)
     elapsed = time.perf_counter() - start
     texts = tokenizer.batch_decode(sequences, skip_special_tokens=True)
     return GenerationResult(sequences, finished, texts, n_tokens, elapsed)
+
+
+def _batches(model, prompts, config, processors, pad: int, eos_set: set, batch_size: int, multiple: int,
+             progress: bool):
+    """The batched `model.generate` calls; responses cut at the first EOS, in the prompts' order."""
+    # Longest first: equal-length neighbours need little padding, and an OOM shows up at once.
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
+    sequences: list[list[int] | None] = [None] * len(prompts)
+    finished: list[bool] = [False] * len(prompts)
+    n_tokens = 0
+    batches = range(0, len(order), batch_size)
+    if progress:
+        from tqdm.auto import tqdm
+        batches = tqdm(batches, desc="generate", unit="batch")
+    for b in batches:
+        idx = order[b:b + batch_size]
+        enc = left_pad([prompts[i] for i in idx], pad, model_device(model), multiple)
+        out = model.generate(**enc, generation_config=config, logits_processor=processors)
+        new = out[:, enc["input_ids"].shape[1]:].tolist()
+        for i, toks in zip(idx, new):
+            cut = next((k for k, t in enumerate(toks) if t in eos_set), None)
+            finished[i] = cut is not None
+            sequences[i] = toks if cut is None else toks[:cut]
+            n_tokens += len(sequences[i]) + (1 if cut is not None else 0)
+    return sequences, finished, n_tokens

@@ -34,6 +34,36 @@ def status(message: str) -> None:
     print(f"okd: {message}", file=sys.stderr, flush=True)
 
 
+def umask() -> int:
+    """The process's umask, read without changing it where Linux tells (/proc), else by setting it back."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError, IndexError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def fix_permissions(path: str | os.PathLike) -> None:
+    """Give a directory okd wrote (and everything in it) the modes the user's umask asks for: 0644 files
+    and 0755 directories with the usual 022. safetensors writes through a private temporary file, so
+    weights come out 0600 whatever the umask, and mkdtemp's directories are 0700."""
+    mask = umask()
+    path = Path(path)
+    if not path.exists():
+        return
+    for p in [path, *path.rglob("*")] if path.is_dir() else [path]:
+        if p.is_symlink():
+            continue
+        try:
+            p.chmod((0o777 if p.is_dir() else 0o666) & ~mask)
+        except OSError:  # not ours (a shared cache entry): leave it as it is
+            pass
+
+
 @contextmanager
 def atomic_dir(final: Path):
     """Yield an empty temporary folder next to `final`; on success rename it to `final`.
@@ -46,10 +76,7 @@ def atomic_dir(final: Path):
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     try:
         yield tmp
-        # mkdtemp (and some writers' temp files) are private; the cache is ordinary shared data.
-        tmp.chmod(0o755)
-        for f in tmp.rglob("*"):
-            f.chmod(0o755 if f.is_dir() else 0o644)
+        fix_permissions(tmp)  # mkdtemp (and safetensors' files) are private; the cache is ordinary data
         try:
             os.rename(tmp, final)
         except OSError:

@@ -58,6 +58,11 @@ def test_grid_end_to_end(finished):
         assert (out / "eval" / f"{name}.json").is_file()
     assert (out / "eval" / "teacher.json").is_file()
     assert (out / "eval" / "okd.exposure.json").is_file() and not (out / "eval" / "fkd.exposure.json").exists()
+    assert (out / "eval" / "okd.exposure.png").is_file() and not list((out / "eval").glob("*.exposure.exposure.*"))
+    from okd.cards import has_card
+
+    assert has_card(out / "runs" / "okd" / "student") and has_card(out / "runs" / "okd" / "online_module")
+    assert oct((out / "runs" / "okd" / "student" / "model.safetensors").stat().st_mode & 0o044) != "0o0"
     for png in ("valid_curves.png", "exposure.png", "time.png", "rouge.png"):
         assert (out / png).stat().st_size > 1000, png
     report = (out / "report.md").read_text()

@@ -349,7 +349,7 @@ def test_catalogue_is_documented():
     doc = (ROOT / "docs" / "errors.md").read_text()
     ids = [c[0] for c in CASES] + ["existing-run-without-resume", "resume-finished-run", "resume-changed-config",
                                    "checkpoint-of-another-model", "processes-did-not-join", "nan-loss",
-                                   "interrupted", "checkpoint-save-failed", "deepspeed-generating-method",
+                                   "interrupted", "sigterm", "checkpoint-save-failed", "deepspeed-generating-method",
                                    "deepspeed-config-refused", "checkpoint-other-distributed-setting", "fsdp2-refused",
                                    "fsdp-generating-method", "checkpoint-damaged", "model-dir-missing-relative",
                                    # tests/test_preflight.py (before any model loads) and its warnings

@@ -2,6 +2,7 @@
 
 import json
 import math
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -15,7 +16,7 @@ from okd.eval.teacher_forced import summarize, teacher_forced_stats
 from okd.generation import generate
 from okd.models.tiny import byte_tokenizer, save_tiny, tiny_model
 
-SEED_TASKS = "/work/shared/data/seed_tasks.jsonl"
+SEED_TASKS = str(Path(__file__).resolve().parents[1] / "okd" / "data" / "seed_tasks.jsonl")  # shipped in the package
 
 
 @pytest.fixture(scope="module", autouse=True)
@@ -194,7 +195,9 @@ def test_exposure_bias_different_models_finite(tok, prompts):
 def _batches(tok, n=6):
     from okd.data import Collator, encode_examples, load_examples
 
-    feats, _ = encode_examples(load_examples(SEED_TASKS, limit=n), tok, "alpaca", 128)
+    # 320 byte tokens: the Alpaca header (~100) and the instruction fit (the data layer refuses prompts cut to
+    # the template's tail)
+    feats, _ = encode_examples(load_examples(SEED_TASKS, limit=n), tok, "alpaca", 320)
     return [Collator(tok.pad_token_id)(feats[i:i + 3]) for i in range(0, len(feats), 3)]
 
 
@@ -249,6 +252,23 @@ def test_eval_predictions_cli(tmp_path, capsys):
     assert "'output'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize("content, message", [
+    (b"\xff\xfe\x00garbage\n", "not UTF-8 text"),
+    (b"[" * 100000 + b"\n", "line 1: "),  # nested too deeply for json (RecursionError) or not JSON
+    (b'{"prediction": "a", "output": "b"}\n{"prediction": ' + b"1" * 5000 + b"}\n", "line 2: not valid JSON"),
+    (b'{"prediction": "a", "output": "b"}\nnot json\n', "line 2: not valid JSON"),
+])
+def test_bad_prediction_files_are_one_line_errors(tmp_path, content, message):
+    from okd.errors import OkdError
+    from okd.eval.runner import read_predictions
+
+    f = tmp_path / "p.jsonl"
+    f.write_bytes(content)
+    with pytest.raises(OkdError, match=message) as e:
+        read_predictions(f)
+    assert "\n" not in str(e.value)
+
+
 def test_eval_model_cli_end_to_end(model_dirs, tmp_path, capsys):
     student, teacher = model_dirs
     out = tmp_path / "r" / "results.json"
@@ -268,6 +288,7 @@ def test_eval_model_cli_end_to_end(model_dirs, tmp_path, capsys):
     assert len(d["exposure_bias"]["curve"]) == 6 and d["exposure_bias"]["length"] == 3
     assert set(d["teacher_forced"]["buckets"]) == {"easy", "medium", "hard"}
     assert (tmp_path / "r" / res["exposure_plot"]).stat().st_size > 0
+    assert res["exposure_plot"] == "results.exposure.png"
     assert "| seed_tasks | 3 |" in capsys.readouterr().out
 
 
@@ -275,7 +296,7 @@ def test_analyze_cli_with_students(model_dirs, tmp_path, capsys):
     student, teacher = model_dirs
     out = tmp_path / "an"
     rc = main(["analyze", "--teacher", str(teacher), "--data", SEED_TASKS, "--students", str(student),
-               str(teacher), "--labels", "fkl τ=1", "self", "--limit", "4", "--max-length", "96", "-o", str(out)])
+               str(teacher), "--labels", "fkl τ=1", "self", "--limit", "4", "--max-length", "320", "-o", str(out)])
     assert rc == 0
     stats = json.loads((out / "analysis.json").read_text())["students"]
     assert stats["self"]["overall"]["kl"] == pytest.approx(0.0, abs=1e-6)
@@ -287,8 +308,8 @@ def test_analyze_cli_trains_grid(model_dirs, tmp_path, capsys):
     student, teacher = model_dirs
     out = tmp_path / "grid"
     args = ["analyze", "--teacher", str(teacher), "--student", str(student), "--data", SEED_TASKS,
-            "--divergences", "rkl", "--taus", "2", "--steps", "1", "--limit", "4", "--max-length", "96",
-            "--set", "train.batch_size=2", "data.max_length=96", "data.train_limit=8", "-o", str(out)]
+            "--divergences", "rkl", "--taus", "2", "--steps", "1", "--limit", "4", "--max-length", "320",
+            "--set", "train.batch_size=2", "data.max_length=320", "data.train_limit=8", "-o", str(out)]
     assert main(args) == 0
     stats = json.loads((out / "analysis.json").read_text())["students"]
     assert list(stats) == ["rkl τ=2"] and (out / "runs" / "rkl_tau2" / "student").is_dir()

@@ -82,5 +82,7 @@ def test_demo_is_a_grid(tmp_path):
     okd = plan.run("okd").cfg
     assert (okd.train.max_steps, okd.train.mixed_precision, okd.online.layers, okd.data.train_limit) == (40, "bf16", 4,
                                                                                                         160)
-    assert plan.spec.eval.dtype == "bfloat16" and plan.spec.eval.seeds == 1 and plan.spec.eval.limit == 40
+    assert (okd.data.max_length, okd.data.max_prompt_length, okd.data.template) == (128, 128, "chat")
+    assert plan.spec.eval.dtype == "bfloat16" and plan.spec.eval.seeds == 1 and plan.spec.eval.limit == 24
+    assert plan.spec.eval.max_prompt_length == 128 and not plan.spec.keep_checkpoints
     assert plan.student_init == demo.student and plan.teacher == demo.teacher

@@ -258,13 +258,16 @@ GARBAGE = [
     ("student-too-many", lambda t, j, m: ["student", "init", "--from", str(m), "--layers", "99", "-o", str(t / "s9")]),
     ("demo-flag", lambda t, j, m: ["demo", "--no-such-flag"]), ("demo-int", lambda t, j, m: ["demo", "--steps", "abc"]),
     ("demo-word", lambda t, j, m: ["demo", "extra"]),
+    ("demo-negative", lambda t, j, m: ["demo", "--steps", "-1"]), ("demo-zero", lambda t, j, m: ["demo", "--steps", "0"]),
+    ("demo-eval-zero", lambda t, j, m: ["demo", "--eval-limit", "0"]),
+    ("demo-minutes", lambda t, j, m: ["demo", "--minutes", "-2"]),
+    ("plot-missing", lambda t, j, m: ["plot", NO, "-o", str(t / "p.png")]),
+    ("push-missing", lambda t, j, m: ["push", NO, "--repo", "org/name"]),
+    ("push-repo", lambda t, j, m: ["push", str(t), "--repo", "not a repo"]),
 ]
-# Cases whose fix belongs to code this test's author does not own (listed for the lead, see the report):
-LEAD = {"eval-predictions-binary": "okd.eval.runner.read_predictions: a file that is not UTF-8 (UnicodeDecodeError)"}
 
 
-@pytest.mark.parametrize("case", [pytest.param(c, marks=pytest.mark.xfail(reason=LEAD[c[0]], strict=False))
-                                  if c[0] in LEAD else c for c in GARBAGE], ids=[c[0] for c in GARBAGE])
+@pytest.mark.parametrize("case", GARBAGE, ids=[c[0] for c in GARBAGE])
 def test_every_command_refuses_garbage_without_a_traceback(case, tmp_path, tiny_dirs, capsys, monkeypatch):
     """In process, through `okd.cli.main`: an argparse error (SystemExit 2) or an exit status != 0, never an
     exception, and no traceback printed."""

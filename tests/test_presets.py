@@ -249,11 +249,10 @@ def test_seed_tasks_preset(tmp_path, monkeypatch):
 
     monkeypatch.delenv("OKD_SEED_TASKS", raising=False)
     default = seed_tasks_path()
-    assert default.parts[-3:] == ("shared", "data", "seed_tasks.jsonl")
-    if default.is_file():  # present in this workspace, beside the repository
-        assert resolve_data_preset("seed-tasks", "test") == default
-        first = json.loads(default.read_text().splitlines()[0])
-        assert {"instruction", "input", "output", "id"} <= set(first)
+    assert default.parts[-3:] == ("okd", "data", "seed_tasks.jsonl")  # shipped in the package
+    assert resolve_data_preset("seed-tasks", "test") == default and is_cached("seed-tasks")
+    lines = default.read_text().splitlines()
+    assert len(lines) == 175 and {"instruction", "input", "output", "id"} <= set(json.loads(lines[0]))
 
     own = tmp_path / "tasks.jsonl"
     own.write_text('{"instruction": "Say hi.", "input": "", "output": "hi", "id": "t0"}\n')

@@ -207,7 +207,11 @@ def test_nan_skip_gives_up_when_every_batch_is_bad(base_overrides, monkeypatch):
 
 # --------------------------------------------------------------------------- Ctrl-C
 
-def test_sigint_saves_a_checkpoint_and_exits_with_one_line(base_overrides, tmp_path):
+@pytest.mark.parametrize("sig,code,what", [(signal.SIGINT, 130, "interrupted"),
+                                           (signal.SIGTERM, 143, "stopped by SIGTERM")])
+def test_sigint_saves_a_checkpoint_and_exits_with_one_line(base_overrides, tmp_path, sig, code, what):
+    """Ctrl-C, and a cluster scheduler's SIGTERM (with the default train.save_every: 0), finish the step,
+    save a checkpoint and exit with one line and their own code (128 + the signal)."""
     out = tmp_path / "run"
     args = [o for o in base_overrides if not o.startswith("output_dir=")] + [
         "method.name=fkd", "train.max_steps=100000", f"output_dir={out}"]
@@ -217,13 +221,13 @@ def test_sigint_saves_a_checkpoint_and_exits_with_one_line(base_overrides, tmp_p
         assert proc.poll() is None, proc.stderr.read()[-2000:]
         assert time.time() < deadline
         time.sleep(0.02)
-    proc.send_signal(signal.SIGINT)
+    proc.send_signal(sig)
     _, err = proc.communicate(timeout=300)
-    assert proc.returncode == 130, err[-2000:]
+    assert proc.returncode == code, err[-2000:]
     assert "Traceback" not in err
     final = [line for line in err.splitlines() if line.startswith("okd:")]
     assert len(final) == 1 and err.rstrip().endswith(final[0])
-    m = re.fullmatch(r"okd: interrupted at step (\d+) of 100000; checkpoint saved in (\S+); continue with the "
+    m = re.fullmatch(rf"okd: {what} at step (\d+) of 100000; checkpoint saved in (\S+); continue with the "
                      r"same command and --resume", final[0])
     assert m, final[0]
     step = int(m.group(1))

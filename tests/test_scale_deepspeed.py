@@ -24,7 +24,7 @@ from okd.config import build_config
 from okd.errors import OkdError
 from okd.train import train
 
-from launch import OUTPUTS, ROOT, cpu_launch_shim, free_port, launch_env  # noqa: E402
+from launch import OUTPUTS, ROOT, cpu_launch_shim, finished_ok, free_port, launch_env  # noqa: E402
 
 DS_SHIM = cpu_launch_shim("DEEPSPEED", "MULTI_CPU", extra=r'''
 import importlib  # noqa: E402
@@ -81,7 +81,7 @@ def _launch(tmp_path: Path, args: list[str], out: Path, expect_ok: bool = True, 
            "--main_process_port", str(free_port()), str(shim), "train", "--quiet", *args, f"output_dir={out}"]
     r = subprocess.run(cmd, env=_env_ds(**env), capture_output=True, text=True, timeout=timeout)
     if expect_ok:
-        assert r.returncode == 0, r.stderr[-4000:]
+        assert finished_ok(r, out), r.stderr[-4000:]
         summary = json.loads((out / "summary.json").read_text())
         assert summary["num_processes"] == 2 and summary["device"] == "cpu"
     return r
@@ -240,7 +240,7 @@ def test_deepspeed_zero3_gkd_samples_ending_at_different_lengths_match_ddp(base_
            str(shim), "train", "--quiet", *common, f"output_dir={ddp}"]
     r = subprocess.run(cmd, env=_env_ds(ACCELERATE_USE_CPU="1", OKD_TEST_SEED_PER_RANK="1"), capture_output=True,
                        text=True, timeout=600)
-    assert r.returncode == 0, r.stderr[-4000:]
+    assert finished_ok(r, ddp), r.stderr[-4000:]
     out = tmp_path / "zero3"
     _launch(tmp_path, common, out, OKD_TEST_DEEPSPEED_SAMPLING="gkd", OKD_TEST_DEEPSPEED_RELEASE="1",
             OKD_TEST_SEED_PER_RANK="1", timeout=180)

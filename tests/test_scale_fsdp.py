@@ -23,7 +23,7 @@ from okd.config import build_config
 from okd.train import train
 from okd.train.checkpoint import checkpoint_dirs
 
-from launch import OUTPUTS, ROOT, cpu_launch_shim, free_port, launch_env  # noqa: E402
+from launch import OUTPUTS, ROOT, cpu_launch_shim, finished_ok, free_port, launch_env  # noqa: E402
 
 FSDP_SHIM = cpu_launch_shim("FSDP", "MULTI_GPU")
 
@@ -66,7 +66,7 @@ def test_fsdp_two_processes_match_one_process_with_accumulation(base_overrides, 
     ref = train(build_config({}, common + ["train.batch_size=4", f"output_dir={tmp_path / 'one'}"]), progress=False)
     out = tmp_path / "fsdp"
     r = _launch(tmp_path, common + ["train.batch_size=1", "train.grad_accum=2"], out)
-    assert r.returncode == 0, r.stderr[-4000:]
+    assert finished_ok(r, out), r.stderr[-4000:]
     _assert_close_to(ref, out, OUTPUTS[:1])
 
 
@@ -96,7 +96,7 @@ def test_fsdp_okd_checkpoint_and_resume(base_overrides, tiny_dirs, tmp_path):
     assert {k: v.shape for k, v in student.items()} == {k: v.shape for k, v in initial.items() if k in student}
 
     r = _launch(tmp_path, common + ["train.batch_size=2", "--resume"], out)
-    assert r.returncode == 0, r.stderr[-4000:]
+    assert finished_ok(r, out), r.stderr[-4000:]
     assert "resumed from" in r.stderr
     _assert_close_to(ref, out, OUTPUTS)
     assert max(json.loads(line)["grad_norm_online"] for line in (ref / "metrics.jsonl").read_text().splitlines()) > 1

@@ -1,26 +1,65 @@
 #!/usr/bin/env bash
-# One call on a lent GPU machine (no network there): the bf16 step benchmark with MFU at the CPU
-# setup's shapes (batch 4, length 256) and at a GPU-sized batch (16 x 512), then okd's whole
-# pipeline on CUDA (`okd demo --tiny`: train sft/fkd/okd with mixed precision, evaluate, report).
+# The GPU benchmark in one call, at most 8 minutes (issue 14): ops and syncs per training step; step
+# time, tokens/s and MFU (against a bf16 GEMM timed in the same run) at 4x256, 16x512 and 32x1024 for
+# okd's sft, fkd, okd and gkd λ=0.5; TRL's GKDTrainer at the same shapes; sampler tokens/s (okd's
+# generate vs Hugging Face generate's defaults, MiniLLM's sampler before/after). Results as JSON and a
+# markdown table (bench.json, bench.md) in benchmarks/results/gpu_<date>/ and in $OUT when set.
 #
-# Carried along (git-ignored, made on a machine with the presets and PyPI):
-#   .whl/  wheels missing on the GPU image: pydantic(+core, annotated_types, typing_inspection),
-#          trl, datasets, dill, multiprocess, nltk, rouge_score
-#   .gpu/  smollm2/ (the preset's config.json + tokenizer files), sharegpt-train.jsonl, seed_tasks.jsonl
-# The GPU has no SmolLM2 weights: the models are SmolLM2-shaped with random weights, which is all
-# that step time and FLOPs depend on (benchmarks/bench_step.py --setup smollm2-random).
+#   bash benchmarks/gpu/run.sh                       # on a GPU machine
+#   bash benchmarks/gpu/run.sh --device cpu --tiny   # the CPU smoke run (tiny models, ~15-30 s)
+#   options: --budget SECONDS (default 480, all of run.sh), --results-dir DIR, --demo (also `okd demo
+#   --tiny` when time is left), anything else goes to benchmarks/gpu/bench.py (e.g. --shapes 4x256)
+#
+# Self-contained: the models are SmolLM2-135M-shaped with random weights, the tokenizer and the data
+# are generated (benchmarks/gpu/assets.py); nothing is downloaded. The GPU image lacks some Python
+# packages (pydantic, trl, datasets, ...): benchmarks/gpu/wheels.sh fetches them into .whl/ on a
+# machine with PyPI; carry .whl along and they are installed here first (into /tmp/site).
 set -u
-OUT=${OUT:-/tmp/okd-gpu}
-mkdir -p "$OUT"
-export PYTHONUNBUFFERED=1 TRL_EXPERIMENTAL_SILENCE=1 OKD_HOME=/tmp/okd-home OKD_SEED_TASKS=$PWD/.gpu/seed_tasks.jsonl
-python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl || exit 1
-export PYTHONPATH=/tmp/site:$PWD
-nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv | tee "$OUT/env.txt"
-env | grep -iE "cuda|nccl|torch|omp" | sort > "$OUT/cuda_env.txt"
-python3 -c "import torch, transformers, accelerate, peft, trl; print('torch', torch.__version__, 'transformers', transformers.__version__, 'accelerate', accelerate.__version__, 'peft', peft.__version__, 'trl', trl.__version__)" 2>&1 | tee -a "$OUT/env.txt"
-B="python3 benchmarks/bench_step.py --device cuda --precision bf16 --setup smollm2-random --shape-dir .gpu/smollm2 --data .gpu/sharegpt-train.jsonl"
-timeout "${B4_TIMEOUT:-240}" $B --profile --rounds 2 --steps 8 --warmup 3 --output "$OUT/bench_step_gpu_b4.json" 2>&1 | tee "$OUT/b4.log"
-timeout "${B16_TIMEOUT:-90}" $B --configs okd:sft okd:fkd okd:okd trl:gkd-l0 --rounds 1 --steps 8 --warmup 3 \
-    --batch-size 16 --max-length 512 --output "$OUT/bench_step_gpu_b16.json" 2>&1 | tee "$OUT/b16.log"
-timeout "${DEMO_TIMEOUT:-100}" python3 -m okd demo --tiny -o /tmp/demo-tiny > "$OUT/demo_tiny.log" 2>&1
-echo "demo exit $?"; tail -30 "$OUT/demo_tiny.log"
+cd "$(dirname "$0")/../.."
+START=$(date +%s)
+DEVICE=cuda BUDGET=480 RESULTS="" DEMO=0 EXTRA=()
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --device) DEVICE=$2; shift 2 ;;
+    --budget) BUDGET=$2; shift 2 ;;
+    --results-dir) RESULTS=$2; shift 2 ;;
+    --demo) DEMO=1; shift ;;
+    *) EXTRA+=("$1"); shift ;;
+  esac
+done
+if [ -z "${PYTHON:-}" ]; then
+  if [ -x .venv/bin/python ]; then PYTHON=.venv/bin/python; else PYTHON=python3; fi
+fi
+RESULTS=${RESULTS:-benchmarks/results/gpu_$(date +%Y-%m-%d)}
+mkdir -p "$RESULTS"
+export PYTHONUNBUFFERED=1 TRL_EXPERIMENTAL_SILENCE=1 TOKENIZERS_PARALLELISM=false HF_HUB_OFFLINE=1
+export OKD_HOME=${OKD_HOME:-/tmp/okd-home}
+if ls .whl/*.whl > /dev/null 2>&1; then
+  "$PYTHON" -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
+    || { echo "installing .whl/ failed" >&2; exit 1; }
+  export PYTHONPATH=/tmp/site:$PWD${PYTHONPATH:+:$PYTHONPATH}
+else
+  export PYTHONPATH=$PWD${PYTHONPATH:+:$PYTHONPATH}
+fi
+if [ "$DEVICE" = cuda ]; then
+  nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv > "$RESULTS/env.txt" 2>&1
+  env | grep -iE "cuda|nccl|torch|omp" | sort > "$RESULTS/cuda_env.txt"
+else
+  export OMP_NUM_THREADS=${OMP_NUM_THREADS:-1}
+fi
+LEFT=$(( BUDGET - ($(date +%s) - START) - 15 ))  # 15 s for the interpreter's exit and the copies
+timeout --kill-after=10 $(( LEFT + 10 )) "$PYTHON" benchmarks/gpu/bench.py --device "$DEVICE" --budget "$LEFT" \
+  --results-dir "$RESULTS" ${EXTRA[@]+"${EXTRA[@]}"} 2>&1 | tee "$RESULTS/bench.log"
+STATUS=${PIPESTATUS[0]}
+LEFT=$(( BUDGET - ($(date +%s) - START) - 5 ))
+if [ "$DEMO" = 1 ] && [ "$LEFT" -gt 60 ]; then  # okd's whole pipeline on this device, if time is left
+  timeout "$LEFT" "$PYTHON" -m okd demo --tiny -o /tmp/okd-demo-tiny > "$RESULTS/demo_tiny.log" 2>&1
+  echo "demo exit $?" | tee -a "$RESULTS/demo_tiny.log"
+elif [ "$DEMO" = 1 ]; then
+  echo "demo skipped: ${LEFT} s left of the budget" | tee "$RESULTS/demo_tiny.log"
+fi
+if [ -n "${OUT:-}" ] && [ -d "$OUT" ]; then
+  cp "$RESULTS"/* "$OUT"/ 2>/dev/null
+fi
+echo "run.sh: $(( $(date +%s) - START )) s, exit $STATUS; results in $RESULTS"
+exit "$STATUS"

@@ -10,13 +10,14 @@ from __future__ import annotations
 import argparse
 import sys
 
-from okd.cli import analyze, assets, compare, demo, teacher, train
+from okd.cli import analyze, assets, compare, demo, runs, teacher, train
 from okd.cli import eval as eval_command
+from okd.entry import quiet_libraries
 from okd.errors import OkdError
 
 # Subcommand modules, in the order they appear in `okd --help`. Each imports only argparse-level
 # things at module level; the work (torch, models) is imported when a command runs.
-COMMANDS = [train, teacher, eval_command, analyze, compare, assets, demo]
+COMMANDS = [train, teacher, eval_command, analyze, compare, runs, assets, demo]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -34,25 +35,8 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def _quiet_libraries() -> None:
-    """Keep library chatter (weight-loading bars, deprecation notes) out of okd's own output."""
-    import os
-    import warnings
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    warnings.filterwarnings("ignore", category=FutureWarning)
-    warnings.filterwarnings("ignore", category=UserWarning, module="peft")
-    try:
-        from transformers.utils import logging as hf_logging
-
-        hf_logging.set_verbosity_error()
-        hf_logging.disable_progress_bar()
-    except ImportError:
-        pass
-
-
 def main(argv: list[str] | None = None) -> int:
-    _quiet_libraries()
+    quiet_libraries()  # before anything imports transformers or DeepSpeed
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
     # `okd train -c x.yaml --resume train.lr=1e-4`: overrides after an option are still overrides

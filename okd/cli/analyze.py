@@ -62,6 +62,9 @@ def _students(args) -> list[tuple[str, Path]]:
 
 def _analyze(args) -> int:
     from okd.analyze import run_analysis
+    from okd.train.preflight import check_output_dir
+
+    check_output_dir(args.output, "-o")  # before any training or model loading
 
     run_analysis(args.teacher, _students(args), args.eval_data or args.data, args.output, split=args.split,
                  template=args.template, limit=args.limit, max_length=args.max_length,

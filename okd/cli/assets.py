@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from okd.cli.args import positive_int
+
 
 def _table(rows: list[list[str]], header: list[str]) -> str:
     widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
@@ -57,9 +59,13 @@ def _data_fetch(args) -> int:
 
 def _student_init(args) -> int:
     from okd.models.prune import init_student
+    from okd.paths import fix_permissions
+    from okd.train.preflight import check_output_dir
 
+    check_output_dir(args.output, "-o")  # before the teacher loads
     out, n_teacher, n_student = init_student(args.teacher, args.layers, args.strategy, args.output,
                                              overwrite=args.force)
+    fix_permissions(out)  # safetensors writes its files 0600
     print(f"teacher: {args.teacher}  {n_teacher:,} parameters")
     print(f"student: {out}  {n_student:,} parameters ({n_student / n_teacher:.1%} of the teacher)")
     return 0
@@ -97,7 +103,7 @@ def register(subparsers) -> None:
                     "--layers 10 -o students/smol-10l")
     p.add_argument("--from", dest="teacher", required=True, metavar="TEACHER",
                    help="model preset name (okd models list) or Hugging Face model directory")
-    p.add_argument("--layers", type=int, required=True, metavar="K", help="layers to keep")
+    p.add_argument("--layers", type=positive_int, required=True, metavar="K", help="layers to keep")
     p.add_argument("--strategy", choices=["uniform", "first", "last"], default="uniform",
                    help="which layers: evenly spaced incl. first and last (default), the bottom "
                         "K, or the top K")

@@ -65,6 +65,9 @@ def run(args) -> int:
     from okd.models.loading import load_model, load_tokenizer, output_weight
     from okd.models.teacher_cache import build_cache, check_top_k, describe_config
 
+    from okd.train.preflight import check_output_dir
+
+    check_output_dir(args.output, "-o")  # before the config, the data or the teacher is read
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     top_k = parse_top_k(args.top_k)
     if args.batch_size < 1 or args.shard_examples < 1:

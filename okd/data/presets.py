@@ -6,8 +6,8 @@
   one. Each conversation gives its first human→assistant turn pair, filtered (below) and split
   deterministically by a hash of its id into test/valid (500 each at most) and train. Written once
   to `okd_home()/data/sharegpt/{train,valid,test}.jsonl` with `meta.json` (counts, filters).
-- `seed-tasks`: the 175 Self-Instruct seed tasks in `../shared/data/seed_tasks.jsonl` next to the
-  repository (or `$OKD_SEED_TASKS`): a development eval set, the same file for every split.
+- `seed-tasks`: the 175 Self-Instruct seed tasks (Apache-2.0), shipped in the package as
+  `okd/data/seed_tasks.jsonl` (or `$OKD_SEED_TASKS`): a development eval set, the same file for every split.
 
 Records: `{"instruction", "input": "", "output", "id"}`.
 
@@ -55,7 +55,7 @@ DATA_PRESETS: dict[str, DataPreset] = {
         DataPreset(
             name="seed-tasks",
             description="175 Self-Instruct seed tasks, development eval set (same file per split)",
-            origin="../shared/data/seed_tasks.jsonl next to the repository, or $OKD_SEED_TASKS",
+            origin="okd/data/seed_tasks.jsonl in the package (Self-Instruct), or $OKD_SEED_TASKS",
             license="Apache-2.0",
         ),
     ]
@@ -187,12 +187,11 @@ def salvage_json_array(path: str | Path) -> tuple[list, int]:
 # --- presets -------------------------------------------------------------------------------------
 
 def seed_tasks_path() -> Path:
-    """Where the seed tasks file is expected: `$OKD_SEED_TASKS`, else beside the repository."""
+    """The seed tasks file: `$OKD_SEED_TASKS`, else the copy shipped in the package (package data)."""
     env = os.environ.get("OKD_SEED_TASKS")
     if env:
         return Path(env).expanduser()
-    repo_root = Path(__file__).resolve().parents[2]  # okd/data/presets.py -> repository root
-    return repo_root.parent / "shared" / "data" / "seed_tasks.jsonl"
+    return Path(__file__).resolve().parent / "seed_tasks.jsonl"  # okd/data/seed_tasks.jsonl (okd/data/seed_tasks.md)
 
 
 def preset_dir(name: str) -> Path:

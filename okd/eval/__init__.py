@@ -18,6 +18,7 @@ _EXPORTS = {
     "rouge_l": "okd.eval.rouge", "rouge_l_per_example": "okd.eval.rouge",
     "quick_rouge": "okd.eval.runner", "run_eval": "okd.eval.runner", "score_predictions": "okd.eval.runner",
     "teacher_forced_stats": "okd.eval.teacher_forced",
+    "follow_run": "okd.eval.follow", "fit_prompts": "okd.eval.follow", "plot_runs": "okd.eval.curves",
 }
 
 __all__ = sorted(_EXPORTS)

@@ -8,6 +8,7 @@ temperature 1, top-p 1, top-k off (DESIGN §2) unless set otherwise; seeds are 0
 from __future__ import annotations
 
 import json
+import logging
 import re
 import statistics
 import time
@@ -15,8 +16,11 @@ from pathlib import Path
 
 from okd.errors import OkdError
 from okd.eval.config import EvalConfig
+from okd.eval.follow import context_length, fit_prompts, locate_run, shared_context
 from okd.eval.rouge import rouge_l_per_example
 from okd.generation import generate, pad_id
+
+_log = logging.getLogger(__name__)
 
 
 def load_model_and_tokenizer(path: str, dtype: str = "float32"):
@@ -63,7 +67,8 @@ def quick_rouge(model, tokenizer, examples, template: str, *, max_new_tokens: in
     examples = list(examples)
     if not examples:
         return 0.0
-    prompts = prepare_prompts(examples, tokenizer, template, max_prompt_length)
+    prompts = fit_prompts(prepare_prompts(examples, tokenizer, template, max_prompt_length), context_length(model),
+                          max_new_tokens, bos=getattr(tokenizer, "bos_token_id", None), log=_log.warning)
     gen = generate(model, tokenizer, prompts, max_new_tokens=max_new_tokens, seed=seed, batch_size=batch_size)
     scores = rouge_l_per_example(gen.texts, [ex.response for ex in examples])
     return sum(scores) / len(scores)
@@ -131,13 +136,16 @@ def _teacher_analyses(model, tok, teacher, vocab, examples, prompts, name: str, 
 
     x = s.exposure
     t1 = time.perf_counter()
-    ex_prompts = prompts[:x.prompts] if x.prompts else prompts
+    context = shared_context(model, teacher)
+    ex_prompts = fit_prompts(prompts[:x.prompts] if x.prompts else prompts, context, x.max_len,
+                             bos=getattr(tok, "bos_token_id", None), what="exposure.max_len", log=log)
     out: dict = {"exposure_bias": exposure_bias(
         model, teacher, ex_prompts, tokenizer=tok, samples=x.samples, max_len=x.max_len, length=x.length,
         seed=0, batch_size=s.batch_size, vocab_size=vocab, progress=progress)}
     out["exposure_bias"]["seconds"] = time.perf_counter() - t1
     t1 = time.perf_counter()
-    batches = reference_batches(examples, tok, s.template, s.max_length, max(1, s.batch_size // 2))
+    batches = reference_batches(examples, tok, s.template, min(s.max_length, context or s.max_length),
+                                max(1, s.batch_size // 2))
     out["teacher_forced"] = teacher_forced_stats(model, teacher, batches, vocab_size=vocab)
     out["teacher_forced"]["seconds"] = time.perf_counter() - t1
     at = out["exposure_bias"]["at_l"]
@@ -158,7 +166,10 @@ def run_eval(model_path: str, data: list[str], output: str | Path, settings: Eva
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
+    model_path, _ = locate_run(model_path)  # a run directory: its student/
     model, tok, teacher, vocab = _load_models(model_path, teacher_path, s.dtype)
+    context = shared_context(model, teacher)
+    fit_prompts([], context, s.max_new_tokens, what="max_new_tokens")  # no room at all: stop before generating
     results: dict = {"model": str(model_path), "teacher": teacher_path, "settings": s.results_settings(),
                      "datasets": {}}
     total_tokens = total_gen_s = 0.0
@@ -166,7 +177,8 @@ def run_eval(model_path: str, data: list[str], output: str | Path, settings: Eva
     for source in data:
         name = dataset_name(source, taken)
         examples = load_examples(source, split=s.split, limit=s.limit)
-        prompts = prepare_prompts(examples, tok, s.template, s.max_prompt_length)
+        prompts = fit_prompts(prepare_prompts(examples, tok, s.template, s.max_prompt_length), context,
+                              s.max_new_tokens, bos=getattr(tok, "bos_token_id", None), log=log)
         entry = {"source": str(source), **_sample_and_score(model, tok, examples, prompts, name, output, s,
                                                             progress=progress, log=log)}
         total_tokens, total_gen_s = total_tokens + entry["generation"]["tokens"], \
@@ -180,7 +192,8 @@ def run_eval(model_path: str, data: list[str], output: str | Path, settings: Eva
     if curves:
         from okd.eval.report import plot_exposure
 
-        fig = output.with_name(f"{output.stem}.exposure.png")
+        stem = output.stem.removesuffix(".exposure")  # compare's <label>.exposure.json: <label>.exposure.png
+        fig = output.with_name(f"{stem}.exposure.png")
         plot_exposure(curves, fig)
         results["exposure_plot"] = fig.name
     results["generation"] = {"tokens": int(total_tokens), "seconds": total_gen_s,
@@ -196,19 +209,27 @@ def read_predictions(path: str | Path) -> tuple[list[str], list[str]]:
     if not path.is_file():
         raise OkdError(f"predictions file {str(path)!r} not found")
     preds, refs = [], []
-    with open(path, encoding="utf-8") as f:
-        for i, line in enumerate(f, start=1):
-            if not line.strip():
-                continue
-            try:
+    i = 0
+    try:
+        with open(path, encoding="utf-8") as f:
+            for i, line in enumerate(f, start=1):
+                if not line.strip():
+                    continue
                 rec = json.loads(line)
-            except json.JSONDecodeError:
-                raise OkdError(f"{path} line {i}: not valid JSON") from None
-            if not isinstance(rec, dict) or not isinstance(rec.get("prediction"), str) \
-                    or not isinstance(rec.get("output"), str):
-                raise OkdError(f"{path} line {i}: needs string fields 'prediction' and 'output' (the reference)")
-            preds.append(rec["prediction"])
-            refs.append(rec["output"])
+                if not isinstance(rec, dict) or not isinstance(rec.get("prediction"), str) \
+                        or not isinstance(rec.get("output"), str):
+                    raise OkdError(f"{path} line {i}: needs string fields 'prediction' and 'output' (the reference)")
+                preds.append(rec["prediction"])
+                refs.append(rec["output"])
+    except UnicodeDecodeError as e:
+        raise OkdError(f"{path}: not UTF-8 text ({e.reason} at byte {e.start}); give a JSONL file of predictions") \
+            from None
+    except RecursionError:
+        raise OkdError(f"{path} line {i}: JSON nested too deeply; give one flat object per line") from None
+    except ValueError:  # json.JSONDecodeError, and json's own limits (e.g. an integer of 5000 digits)
+        raise OkdError(f"{path} line {i}: not valid JSON") from None
+    except OSError as e:
+        raise OkdError(f"predictions file {str(path)!r} cannot be read ({e.strerror})") from None
     if not preds:
         raise OkdError(f"{path}: no predictions found")
     return preds, refs

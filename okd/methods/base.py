@@ -31,23 +31,47 @@ class Models:
 
 @dataclass
 class Scored:
-    """The positions that are scored: hidden state at t predicts labels[t + 1]."""
+    """The positions that are scored: hidden state at t predicts labels[t + 1].
 
-    mask: torch.Tensor  # [B, T-1] bool
+    `index` holds their flat positions in [B·(T−1)], row-major (the boolean mask's order). The trainer
+    computes it on the CPU before the batch is copied (`scored_index`), so that selecting the rows on
+    a GPU needs no device read (a boolean mask's result has a data-dependent size, which syncs).
+    """
+
+    index: torch.Tensor  # [N] long, flat positions into [B, T-1]
     targets: torch.Tensor  # [N] token ids
 
     @classmethod
-    def from_labels(cls, labels: torch.Tensor) -> "Scored":
-        mask = labels[:, 1:] != -100
-        return cls(mask=mask, targets=labels[:, 1:][mask])
+    def from_labels(cls, labels: torch.Tensor, index: torch.Tensor | None = None) -> "Scored":
+        flat = labels[:, 1:].reshape(-1)
+        if index is None:
+            index = (flat != -100).nonzero().squeeze(1)
+        index = index.to(labels.device)
+        return cls(index=index, targets=flat.index_select(0, index))
+
+    @classmethod
+    def of(cls, batch: dict) -> "Scored":
+        return cls.from_labels(batch["labels"], batch.get("scored_index"))
 
     def select(self, hidden: torch.Tensor) -> torch.Tensor:
         """[B, T, H] -> [N, H] rows at the scored positions."""
-        return hidden[:, :-1][self.mask]
+        return hidden[:, :-1].reshape(-1, hidden.shape[-1]).index_select(0, self.index)
+
+    def pick(self, values: torch.Tensor) -> torch.Tensor:
+        """[B, T] per-position values -> [N] at the scored positions (value at t+1 for hidden state t)."""
+        return values[:, 1:].reshape(-1).index_select(0, self.index)
+
+
+def scored_index(labels: torch.Tensor) -> torch.Tensor:
+    """Scored.index of a CPU batch (what the trainer attaches as batch["scored_index"])."""
+    return (labels[:, 1:].reshape(-1) != -100).nonzero().squeeze(1)
 
 
 def scored_hidden(model, batch: dict, scored: Scored) -> torch.Tensor:
-    return scored.select(final_hidden(model, batch["input_ids"], batch["attention_mask"]))
+    # the trainer's own batches are right-padded (marked by scored_index): real tokens never attend to
+    # the padding after them, so the causal mask alone is exact and the padding-mask work is skipped
+    mask = None if "scored_index" in batch else batch["attention_mask"]
+    return scored.select(final_hidden(model, batch["input_ids"], mask))
 
 
 def head(model, vocab_size: int) -> torch.Tensor:
@@ -60,7 +84,7 @@ def ce_sum(model, batch: dict, vocab_size: int, chunk_size: int) -> tuple[torch.
     seqkd's on teacher answers, minillm's language-modelling term."""
     from okd.losses import chunked_pair_loss, token_ce
 
-    scored = Scored.from_labels(batch["labels"])
+    scored = Scored.of(batch)
     h = scored_hidden(model, batch, scored)
     loss, _ = chunked_pair_loss(lambda zs, zt, y: (token_ce(zs, y), None), h, head(model, vocab_size),
                                 None, None, labels=scored.targets, chunk_size=chunk_size)

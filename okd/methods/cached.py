@@ -69,7 +69,7 @@ class CachedTeacherKD(Method):
         if "example_index" not in batch:
             raise OkdError("teacher.cache needs each training example's index in its batch (batch['example_index'])")
         m, models = self.cfg.method, self.models
-        scored = Scored.from_labels(batch["labels"])
+        scored = Scored.of(batch)
         ids, logp, log_tail = self.cache.lookup("train", batch["example_index"])
         if ids.shape[0] != scored.targets.shape[0]:
             raise OkdError(f"teacher cache {self.cache.directory} holds {ids.shape[0]} scored tokens for this batch, "

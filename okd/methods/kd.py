@@ -49,7 +49,7 @@ class FrozenTeacherKD(Method):
 
     def losses(self, batch, norm):
         models = self.models
-        scored = Scored.from_labels(batch["labels"])
+        scored = Scored.of(batch)
         with torch.no_grad():  # the frozen teacher needs no autograd graph
             h_t = scored_hidden(models.teacher, batch, scored)
         h_s = scored_hidden(models.student, batch, scored)

@@ -22,7 +22,8 @@ with the three strategies of §2.2, each named after the paper's paragraph:
   a plain-text corpus (`method.lm_data`, optional; no L_PT when unset).
 
 Rollouts: every `method.ppo_epochs` steps each micro-batch's prompts are answered afresh by the
-mixed sampler below (a token-by-token loop over both models' KV caches, no gradient, eval mode);
+mixed sampler below (a token-by-token loop over both models' KV caches, no gradient, eval mode;
+on CUDA static caches with a compiled decode step, and "every row ended?" read every 8 tokens);
 in the steps between, the same rollouts are trained on again with p̃(y_t) fixed at sampling time,
 so ρ_t = q_θ/p̃ drifts as q_θ moves and the clip bites. Rewards use q and p at sampling time (the
 teacher is frozen). Divergence: reverse KL only, at temperature 1 (`method.temperature` does not
@@ -56,6 +57,9 @@ from okd.methods.rollout import autocast_for, batch_prompts, build_batch, per_to
 
 # ----------------------------------------------------------------------------- sampling from p̃
 
+EOS_CHECK_EVERY = 8  # the sampler asks the device "has every row ended?" once per this many tokens
+
+
 def _step(model, ids, mask, pos, cache):
     """One cached forward; the KV-cache argument is `cache` in recent transformers, `past_key_values` before."""
     name = "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
@@ -67,44 +71,122 @@ def _step(model, ids, mask, pos, cache):
     return out.logits[:, -1], getattr(out, name)
 
 
+def static_supported(model) -> bool:
+    """transformers' cache-position-free API (5.x): a `cache` argument and a StaticCache that counts
+    its own length. Older versions keep the dynamic cache."""
+    try:
+        from transformers import StaticCache  # noqa: F401
+    except ImportError:
+        return False
+    params = inspect.signature(model.forward).parameters
+    prepare = getattr(model, "prepare_inputs_for_generation", None)
+    return ("cache" in params and "cache_position" not in params and prepare is not None
+            and "is_first_iteration" in inspect.signature(prepare).parameters)
+
+
+class _Decoder:
+    """One model's cached forward inside the sampler.
+
+    Dynamic (CPU, today's path): the KV cache and the 2-D mask grow by one token per step.
+    Static (CUDA): a StaticCache of prompt width + max_new_tokens and one full-length mask that the
+    caller fills in place, so every decode step has the same shapes; the inputs are prepared as
+    `generate` prepares them (4-D mask built outside the model) and the decode forward runs through
+    transformers' `get_compiled_call` (torch.compile, CUDA graphs) when `compiled`. The prefill runs
+    eagerly, as in `generate`."""
+
+    def __init__(self, model, *, static: bool, compiled: bool, length: int):
+        self.model, self.static, self.cache = model, static, None
+        if static:
+            from transformers import StaticCache
+
+            from okd.generation import compile_config
+
+            self.cache = StaticCache(config=model.config, max_cache_len=length)
+            self.decode = model.get_compiled_call(compile_config()) if compiled else model.__call__
+
+    def __call__(self, ids, mask, pos, first: bool):
+        if not self.static:
+            logits, self.cache = _step(self.model, ids, mask, pos, self.cache)
+            return logits
+        inputs = self.model.prepare_inputs_for_generation(ids, cache=self.cache, attention_mask=mask,
+                                                          position_ids=pos, use_cache=True, logits_to_keep=1,
+                                                          is_first_iteration=first)
+        if first:
+            return self.model(**inputs).logits[:, -1]
+        # a copy: a CUDA-graph replay (the other model's, the next step's) may reuse the output's memory
+        return self.decode(**inputs).logits[:, -1].clone()
+
+
+def _rng(device: torch.device, state=None):
+    """The state of the generator that sampling on `device` draws from (get, or set when given)."""
+    if device.type == "cuda":
+        return torch.cuda.get_rng_state(device) if state is None else torch.cuda.set_rng_state(state, device)
+    return torch.get_rng_state() if state is None else torch.set_rng_state(state)
+
+
+def _draw(zs, zt, *, vocab_size, temperature, log_a, log_1ma, device):
+    """log p̃ (the sampling distribution), log q and log p at temperature 1, and one draw from p̃."""
+    log_q1 = F.log_softmax(zs[:, :vocab_size].float(), -1)
+    log_p1 = F.log_softmax(zt[:, :vocab_size].float().to(device), -1)
+    log_qT = log_q1 if temperature == 1.0 else F.log_softmax(zs[:, :vocab_size].float() / temperature, -1)
+    log_pT = log_p1 if temperature == 1.0 else F.log_softmax(zt[:, :vocab_size].float().to(device) / temperature, -1)
+    if log_a is None:
+        log_m = log_qT
+    elif log_1ma is None:
+        log_m = log_pT
+    else:
+        log_m = torch.logaddexp(log_pT + log_a, log_qT + log_1ma)
+    return log_m, log_q1, log_p1, torch.multinomial(log_m.exp(), 1).squeeze(1)
+
+
+def _first_ended(flags: list[torch.Tensor]) -> int | None:
+    """Index of the first step whose 'every row ended' flag is set (one device read for all)."""
+    read = torch.stack(flags).tolist()
+    return read.index(True) if True in read else None
+
+
 @torch.no_grad()
 def mixed_sample(student, teacher, prompts: list[list[int]], *, alpha: float, max_new_tokens: int,
-                 eos_ids: list[int], pad_id: int, vocab_size: int, temperature: float = 1.0):
+                 eos_ids: list[int], pad_id: int, vocab_size: int, temperature: float = 1.0,
+                 check_every: int = EOS_CHECK_EVERY, static_cache: bool | None = None,
+                 compile: bool | None = None, pad_multiple: int | None = None):
     """Sample responses from p̃ = α·p + (1−α)·q, token by token, both models with KV caches.
 
     Returns (targets, log_mix, log_q, log_p): per prompt the sampled tokens up to and including the
     first EOS, and per token log p̃(y_t) (the sampling distribution), log q(y_t) and log p(y_t) at
     temperature 1. Models in eval mode while sampling; modes restored after.
+
+    Whether every row has ended is read from the device once per `check_every` tokens, not per
+    token; the tokens drawn past that point are dropped and the RNG is set back to where it stood
+    right after the last needed draw, so the results and the RNG stream equal a per-token check.
+    `static_cache` (None: on CUDA, where transformers supports it), `compile` (None: on CUDA) and
+    `pad_multiple` (None: 64 with the static cache on CUDA, else 1) as in okd.generation.generate.
     """
-    from okd.generation import left_pad, model_device
+    from okd.generation import default_pad_multiple, left_pad, model_device, static_cache_for
 
     device = model_device(student)
-    enc = left_pad(prompts, pad_id, device)
+    static = all(static_cache_for(m, static_cache) and static_supported(m) for m in (student, teacher))
+    multiple = default_pad_multiple(device, static) if pad_multiple is None else pad_multiple
+    enc = left_pad(prompts, pad_id, device, multiple)
     ids, mask = enc["input_ids"], enc["attention_mask"]
+    n, width = ids.shape
     pos = (mask.cumsum(-1) - 1).clamp_min(0)  # left padding must not shift positions
-    n = len(prompts)
+    if static:  # the whole length at once; step t's input token is switched on in place
+        mask = torch.cat([mask, mask.new_zeros(n, max_new_tokens)], 1)
+    compiled = device.type == "cuda" if compile is None else compile
+    s_dec, t_dec = (_Decoder(m, static=static, compiled=compiled, length=width + max_new_tokens)
+                    for m in (student, teacher))
     eos = torch.tensor(eos_ids, device=device)
     done = torch.zeros(n, dtype=torch.bool, device=device)
-    log_a, log_1ma = (math.log(alpha) if alpha > 0 else None), (math.log1p(-alpha) if alpha < 1 else None)
-    toks, lmix, lq, lp, alive = [], [], [], [], []
-    s_cache = t_cache = None
+    logs = dict(log_a=(math.log(alpha) if alpha > 0 else None), log_1ma=(math.log1p(-alpha) if alpha < 1 else None))
+    toks, lmix, lq, lp, alive, ended, states = [], [], [], [], [], [], []
     modes = (student.training, teacher.training)
     student.eval(), teacher.eval()
     try:
-        for _ in range(max_new_tokens):
-            zs, s_cache = _step(student, ids, mask, pos, s_cache)
-            zt, t_cache = _step(teacher, ids, mask, pos, t_cache)
-            log_q1 = F.log_softmax(zs[:, :vocab_size].float(), -1)
-            log_p1 = F.log_softmax(zt[:, :vocab_size].float().to(device), -1)
-            log_qT = log_q1 if temperature == 1.0 else F.log_softmax(zs[:, :vocab_size].float() / temperature, -1)
-            log_pT = log_p1 if temperature == 1.0 else F.log_softmax(zt[:, :vocab_size].float().to(device) / temperature, -1)
-            if log_a is None:
-                log_m = log_qT
-            elif log_1ma is None:
-                log_m = log_pT
-            else:
-                log_m = torch.logaddexp(log_pT + log_a, log_qT + log_1ma)
-            y = torch.multinomial(log_m.exp(), 1).squeeze(1)
+        for t in range(max_new_tokens):
+            zs, zt = s_dec(ids, mask, pos, t == 0), t_dec(ids, mask, pos, t == 0)
+            log_m, log_q1, log_p1, y = _draw(zs, zt, vocab_size=vocab_size, temperature=temperature, device=device,
+                                             **logs)
             y = torch.where(done, torch.full_like(y, pad_id), y)
             pick = y[:, None]
             toks.append(y), alive.append(~done)
@@ -112,16 +194,32 @@ def mixed_sample(student, teacher, prompts: list[list[int]], *, alpha: float, ma
             lq.append(log_q1.gather(1, pick).squeeze(1))
             lp.append(log_p1.gather(1, pick).squeeze(1))
             done = done | torch.isin(y, eos)
-            if bool(done.all()):
-                break
+            ended.append(done.all()), states.append(_rng(device))
+            if len(ended) == check_every or t == max_new_tokens - 1:
+                first = _first_ended(ended)
+                if first is not None:  # every row had ended at step t - len(ended) + 1 + first
+                    keep = t - len(ended) + 2 + first
+                    for x in (toks, lmix, lq, lp, alive):
+                        del x[keep:]
+                    _rng(device, states[first])
+                    break
+                ended, states = [], []
             ids, pos = pick, pos[:, -1:] + 1
-            mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            if static:
+                mask[:, width + t] = 1
+            else:
+                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
     finally:
         student.train(modes[0]), teacher.train(modes[1])
-    cols = [torch.stack(x, 1).tolist() for x in (toks, lmix, lq, lp, alive)]
+    return _per_row(n, toks, lmix, lq, lp, alive)
+
+
+def _per_row(n: int, *columns):
+    """Per prompt: the tokens drawn while the row was alive (its EOS included), and their log-probs."""
+    cols = [torch.stack(x, 1).tolist() for x in columns]
     targets, log_mix, log_q, log_p = [], [], [], []
     for i in range(n):
-        k = sum(cols[4][i])  # tokens drawn while the row was alive (its EOS included)
+        k = sum(cols[4][i])
         targets.append(cols[0][i][:k]), log_mix.append(cols[1][i][:k])
         log_q.append(cols[2][i][:k]), log_p.append(cols[3][i][:k])
     return targets, log_mix, log_q, log_p
@@ -233,7 +331,7 @@ class MiniLLM(Method):
     def losses(self, batch, norm):
         models, m = self.models, self.cfg.method
         scored = Scored.from_labels(batch["labels"])
-        pick = lambda k: batch[k][:, 1:][scored.mask]  # noqa: E731 - per-token constants at scored positions
+        pick = lambda k: scored.pick(batch[k])  # noqa: E731 - per-token constants at scored positions
         y, mix, adv = scored.targets, pick("log_mix"), pick("advantages")
         with torch.no_grad():
             h_t = scored_hidden(models.teacher, batch, scored)

@@ -43,7 +43,7 @@ class OnlineTeacherKD(Method):
 
     def losses(self, batch, norm):
         models = self.models
-        scored = Scored.from_labels(batch["labels"])
+        scored = Scored.of(batch)
         h_t = scored_hidden(models.teacher, batch, scored)  # with autograd: the module trains
         h_s = scored_hidden(models.student, batch, scored)
         loss_s, loss_t = chunked_pair_loss(
@@ -63,7 +63,7 @@ class OnlineTeacherKD(Method):
         disabled) and KL(p′‖q) toward the online teacher — the gap the module exists to close — and
         both teachers' CE on the reference response (does the teacher drift away from the data?)."""
         models, chunk = self.models, self.cfg.train.loss_chunk_size
-        scored = Scored.from_labels(batch["labels"])
+        scored = Scored.of(batch)
         h_s = scored_hidden(models.student, batch, scored)
         h_on = scored_hidden(models.teacher, batch, scored)
         with base_teacher(models.teacher):

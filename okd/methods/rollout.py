@@ -5,6 +5,8 @@
 - `sample(model, ...)`: batched sampling through okd.generation.generate (KV cache, left padding,
   eval mode while sampling, no gradient), with the method's `max_new_tokens`, `gen_temperature`
   (0 = greedy) and `top_p`; under DeepSpeed ZeRO-3 in lockstep over the processes (`lockstep`).
+  On CUDA that is a static KV cache with a compiled decode step, prompts left-padded to a multiple
+  of 64 tokens (okd.generation's module doc); on CPU the dynamic cache, as before.
 - `build_batch(prompts, targets, ...)`: a training batch, right-padded, labels on the response only.
   A target is the response tokens plus the EOS when the model emitted one, so a sample that ran into
   `max_new_tokens` is trained on as an unfinished answer, never taught to stop there.
@@ -91,7 +93,8 @@ def autocast_for(cfg, device: torch.device):
 def sample(model, tokenizer, prompts: list[list[int]], cfg, *, vocab_limit: int, greedy: bool = False):
     """Responses of `model` to `prompts` with the method's generation settings (a GenerationResult).
 
-    No gradient, eval mode while sampling (restored after), KV cache, left padding, one batch.
+    No gradient, eval mode while sampling (restored after), KV cache (static and compiled on CUDA),
+    left padding, one batch.
     Sampling draws from the global torch RNG, which checkpoints save and restore, so a resumed run
     samples what the uninterrupted run would have.
     """

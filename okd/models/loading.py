@@ -70,13 +70,19 @@ def looks_like_hub_id(spec: str) -> bool:
     return not Path(spec.split("/")[0]).is_dir()
 
 
-def load_tokenizer(cfg: ModelConfig):
-    from transformers import AutoTokenizer
-
+def _source_and_kwargs(cfg: ModelConfig) -> tuple[str, dict]:
+    """What every from_pretrained of this model takes: the resolved source and revision/trust/GGUF file."""
     source, gguf = resolve_model_source(cfg.path, cfg.gguf_file)
     kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
     if gguf:
         kwargs["gguf_file"] = gguf
+    return source, kwargs
+
+
+def load_tokenizer(cfg: ModelConfig):
+    from transformers import AutoTokenizer
+
+    source, kwargs = _source_and_kwargs(cfg)
     try:
         tok = AutoTokenizer.from_pretrained(source, **kwargs)
     except Exception as e:  # noqa: BLE001 - a broken or foreign file raises anything (struct.error, ...)
@@ -101,15 +107,13 @@ def load_model(cfg: ModelConfig):
     """An AutoModelForCausalLM in eval mode; GGUF weights are dequantised to plain tensors."""
     from transformers import AutoModelForCausalLM
 
-    source, gguf = resolve_model_source(cfg.path, cfg.gguf_file)
-    kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code, dtype=DTYPES[cfg.dtype])
-    if gguf:
-        kwargs["gguf_file"] = gguf
+    source, kwargs = _source_and_kwargs(cfg)
+    kwargs["dtype"] = DTYPES[cfg.dtype]
     try:
         model = AutoModelForCausalLM.from_pretrained(source, **kwargs)
     except Exception as e:  # noqa: BLE001 - a broken or foreign file raises anything (SafetensorError, ...)
         raise OkdError(f"could not load a causal LM from {cfg.path!r}: {_first_line(e)}") from None
-    if gguf:
+    if "gguf_file" in kwargs:
         # The GGUF loader marks the model quantised; it is plain fp32 now and must save as such.
         model.hf_quantizer = None
         if hasattr(model.config, "quantization_config"):
@@ -149,10 +153,7 @@ def load_model_config(cfg: ModelConfig):
     """The model's transformers config (config.json, or a GGUF file's header) without its weights."""
     from transformers import AutoConfig
 
-    source, gguf = resolve_model_source(cfg.path, cfg.gguf_file)
-    kwargs = dict(revision=cfg.revision, trust_remote_code=cfg.trust_remote_code)
-    if gguf:
-        kwargs["gguf_file"] = gguf
+    source, kwargs = _source_and_kwargs(cfg)
     try:
         return AutoConfig.from_pretrained(source, **kwargs)
     except Exception as e:  # noqa: BLE001 - a broken or foreign file raises anything
@@ -234,12 +235,29 @@ def output_weight(model) -> torch.Tensor:
 def final_hidden(model, input_ids, attention_mask) -> torch.Tensor:
     """Final (post-norm) hidden states [B, T, H], via the wrapper's forward so DDP/peft hooks run.
 
-    `logits_to_keep=1` keeps the model from projecting every position onto the vocabulary: the
-    losses do that in chunks, for the scored positions only.
+    The decoder's own output (its last_hidden_state, taken by a forward hook on the base model) rather
+    than `output_hidden_states=True`, which keeps every layer's states and breaks a compiled graph at
+    each layer; `logits_to_keep=1` keeps the model from projecting every position onto the vocabulary:
+    the losses do that in chunks, for the scored positions only. `attention_mask=None` is exact for
+    right-padded batches (the causal mask alone), and skips the padding-mask work.
     """
-    out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
-                logits_to_keep=1, use_cache=False)
-    return out.hidden_states[-1]
+    if _is_fsdp(model) or _is_deepspeed_engine(model):  # their hooks expect the outputs their forward returns
+        out = model(input_ids=input_ids, attention_mask=attention_mask, output_hidden_states=True,
+                    logits_to_keep=1, use_cache=False)
+        return out.hidden_states[-1]
+    base = causal_lm(model).base_model
+    captured = []
+    handle = base.register_forward_hook(lambda module, args, output: captured.append(output[0]))
+    try:
+        model(input_ids=input_ids, attention_mask=attention_mask, logits_to_keep=1, use_cache=False)
+    finally:
+        handle.remove()
+    return captured[-1]
+
+
+def _is_fsdp(model) -> bool:
+    return type(model).__name__ == "FullyShardedDataParallel" or any(
+        type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:

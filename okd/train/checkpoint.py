@@ -39,6 +39,7 @@ from safetensors import safe_open
 from safetensors.torch import load_file, load_model, save_file, save_model
 
 from okd.errors import OkdError
+from okd.paths import fix_permissions
 from okd.train.sharding import fsdp_full_state, fsdp_name
 
 PREFIX = "step-"
@@ -177,6 +178,7 @@ def _move_into_place(root: Path, tmp: Path, final: Path, step: int, keep: int) -
         old = root / f".tmp-old-{PREFIX}{step:07d}"
         shutil.rmtree(old, ignore_errors=True)
         os.replace(final, old)
+    fix_permissions(tmp)  # safetensors writes private (0600) files whatever the umask
     os.replace(tmp, final)
     if old is not None:
         shutil.rmtree(old, ignore_errors=True)
@@ -258,7 +260,9 @@ def load_checkpoint(path: Path, *, student, online, optimizers: dict, schedulers
     read raises an OkdError naming it.
     """
     with_online = (fsdp or {}).get("online") is not None if fsdp is not None else online is not None
-    check_readable(path, rank=rank, models=engines is None, online=with_online)
+    # model files are expected where the checkpoint itself says so: a DeepSpeed one holds partitions instead
+    # (then loading it without DeepSpeed is refused below as a format mismatch, not as damage)
+    check_readable(path, rank=rank, models=not (path / DS_DIR).is_dir(), online=with_online)
     try:
         return _load(path, student=student, online=online, optimizers=optimizers, schedulers=schedulers, rank=rank,
                      fsdp=fsdp, engines=engines)

@@ -8,7 +8,6 @@ resuming. The loop (okd/train/trainer.py) then only trains.
 from __future__ import annotations
 
 import dataclasses
-import json
 import logging
 import os
 from pathlib import Path
@@ -16,8 +15,9 @@ from typing import Any
 
 import torch
 
-from okd.config import Config
+from okd.config import Config, flatten
 from okd.errors import OkdError
+from okd.methods.base import scored_index
 from okd.precision import resolve_mixed_precision
 from okd.train.checkpoint import checkpoint_dirs, clean_temporary, load_checkpoint, write_guard
 from okd.train.preflight import data_warnings
@@ -58,10 +58,16 @@ class Run:
         return self.accelerator.num_processes
 
     def micro_batch(self, position: int) -> dict:
-        """This process's share of global micro-batch `position`, on the device (pinned, non-blocking copy)."""
+        """This process's share of global micro-batch `position`, on the CPU, with its scored positions
+        (`scored_index`, computed here so that nothing on the device has to be read to find them)."""
         bs, rank = self.cfg.train.batch_size, self.accelerator.process_index
         idx = self.order.batch(position)[rank * bs:(rank + 1) * bs]
         batch = self.collate([self.features[i] for i in idx])
+        batch["scored_index"] = scored_index(batch["labels"])
+        return batch
+
+    def to_device(self, batch: dict) -> dict:
+        """Pinned, non-blocking copies on CUDA."""
         device = self.accelerator.device
         if device.type == "cuda":
             return {k: v.pin_memory().to(device, non_blocking=True) for k, v in batch.items()}
@@ -159,6 +165,20 @@ def make_optimizers(cfg: Config, student, teacher, fused: bool) -> dict:
     return optimizers
 
 
+def compile_models(cfg: Config, accelerator, *models) -> str:
+    """train.compile: torch.compile each model's forward in place (nn.Module.compile; the wrappers, the
+    state-dict names and the saved files stay as they are). Returns the mode used ("off" for none)."""
+    mode = cfg.train.compile
+    if mode == "auto":
+        mode = "reduce-overhead" if accelerator.device.type == "cuda" else "off"
+    if mode == "off":
+        return mode
+    for m in models:
+        if m is not None:
+            m.compile(mode=None if mode == "default" else mode, dynamic=None)
+    return mode
+
+
 def make_schedule(cfg: Config, key: str, optimizer):
     """Linear warm-up (train.warmup_steps) and decay to 0 at train.max_steps; the online module's may be
     constant (online.lr_schedule), and the student's starts after online.warmup_steps."""
@@ -223,6 +243,7 @@ def setup(cfg: Config, *, resume: bool, progress: bool) -> Run:
     student, teacher, optimizers = strategy.prepare(student, teacher, make_optimizers(
         cfg, student, teacher, fused=accelerator.device.type == "cuda" and type(strategy) is Strategy))
     schedulers = strategy.schedulers(lambda key, o: make_schedule(cfg, key, o))
+    compile_models(cfg, accelerator, student, teacher)
     method = build_method(cfg, Models(student=student, teacher=teacher, tokenizer=tokenizer, vocab_size=vocab,
                                      gathered=strategy.gathered, teacher_cache=cache))
     method.valid_examples = valid_examples
@@ -235,5 +256,8 @@ def setup(cfg: Config, *, resume: bool, progress: bool) -> Run:
               data_stats=stats)
     restore(run, resume)
     if cfg.train.trackers:
-        accelerator.init_trackers("okd", config=json.loads(json.dumps(cfg.model_dump(mode="json"))))
+        # flat scalars: TensorBoard's hparams take nothing else
+        hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v)
+                   for k, v in flatten(cfg.model_dump(mode="json")).items()}
+        accelerator.init_trackers("okd", config=hparams)
     return run

@@ -25,8 +25,11 @@ from pathlib import Path
 
 import torch
 
+from okd.cards import command_line, write_cards
 from okd.config import GENERATING_METHODS, Config
 from okd.errors import OkdError
+from okd.paths import fix_permissions
+from okd.progress import progress_bar
 from okd.train.checkpoint import SaveClock, checkpoint_dirs, save_checkpoint, write_guard
 from okd.train.interrupt import GracefulInterrupt, TrainingInterrupted
 from okd.train.lock import run_lock
@@ -50,15 +53,13 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
 
 def loop(run: Run, progress: bool) -> Path:
     """The loop: steps, logging and validation, checkpoints; then the final save and summary.json."""
-    from tqdm.auto import tqdm
-
     cfg = run.cfg
     tc, state, method, acc = cfg.train, run.state, run.method, run.accelerator
     if method.validate_at_start and run.valid_features and state.step == 0:
         method.on_validation(evaluate(run))  # e.g. distillm's reference loss
     run.saved_step = state.step or None  # the step of the newest checkpoint on disk
     metrics = MetricsLog(run.out / "metrics.jsonl", state.step, acc.is_main_process)
-    bar = tqdm(total=tc.max_steps, initial=state.step, desc=f"okd train [{cfg.method.name}]",
+    bar = progress_bar(total=tc.max_steps, initial=state.step, desc=f"okd train [{cfg.method.name}]",
                disable=not (progress and acc.is_main_process), dynamic_ncols=True)
     clock, save_clock = Clock(state), SaveClock(tc.save_every_minutes)
     run.save_clock = save_clock
@@ -122,8 +123,12 @@ def loop(run: Run, progress: bool) -> Path:
     with write_guard("the trained student", run.out / "student"):
         run.strategy.save_outputs(run.out, run.tokenizer)
     if acc.is_main_process:
+        result = {**summary(run, final), "command": command_line()}
         with write_guard("summary.json", run.out):
-            (run.out / "summary.json").write_text(json.dumps(summary(run, final), indent=1))
+            (run.out / "summary.json").write_text(json.dumps(result, indent=1))
+            write_cards(run.out, cfg, result)  # student/README.md, online_module/README.md
+        for sub in ("student", "online_module"):
+            fix_permissions(run.out / sub)
     # every process leaves together: one that tears its process group down while another still writes
     # was seen to abort at exit (gloo, under DeepSpeed, CPU)
     acc.wait_for_everyone()
@@ -140,13 +145,13 @@ def train_step(run: Run) -> tuple[dict, dict, int, int]:
     """
     cfg, state, acc = run.cfg, run.state, run.accelerator
     grad_accum = cfg.train.grad_accum
-    batches = [run.method.prepare(run.micro_batch(state.position + i), state.step) for i in range(grad_accum)]
+    cpu = [run.micro_batch(state.position + i) for i in range(grad_accum)]
+    batches = [run.method.prepare(run.to_device(b), state.step) for b in cpu]
     state.position += grad_accum
     # normalise by the scored tokens of the whole step on all processes; DDP averages the gradients
     # over processes, hence the factor `world` folded into the norm
-    counts = [sum(int((b["labels"][:, 1:] != -100).sum()) for b in batches),
-              sum(int(b["attention_mask"].sum()) for b in batches),
-              run.method.metrics.pop("generated_tokens", 0)]
+    seen = [token_counts(b, c) for b, c in zip(batches, cpu)]
+    counts = [sum(n for n, _ in seen), sum(t for _, t in seen), run.method.metrics.pop("generated_tokens", 0)]
     if run.world > 1:  # one all-reduce sums the step's scored, seen and generated tokens over the processes
         counts = [int(x) for x in acc.reduce(torch.tensor(counts, device=acc.device, dtype=torch.float64),
                                              "sum").tolist()]
@@ -158,6 +163,14 @@ def train_step(run: Run) -> tuple[dict, dict, int, int]:
         for k, v in losses.items():
             totals[k] = totals[k] + v.detach().float() if k in totals else v.detach().float()
     return totals, run.strategy.grad_norms(cfg.train.max_grad_norm), tokens, generated
+
+
+def token_counts(batch: dict, cpu: dict) -> tuple[int, int]:
+    """(scored, seen) tokens of a prepared micro-batch: from its CPU copy when the method trains on the
+    batch as given (no device read), from the batch itself when the method replaced it (samples)."""
+    src = cpu if "scored_index" in batch else batch
+    scored = len(src["scored_index"]) if "scored_index" in src else int((src["labels"][:, 1:] != -100).sum())
+    return scored, int(src["attention_mask"].sum())
 
 
 def non_finite(run: Run, totals: dict, grad_norms: dict) -> str:

@@ -1,0 +1,86 @@
+"""`okd push RUN --repo ORG/NAME`: a run's student (with its model card) to the Hugging Face hub.
+
+One commit (huggingface_hub's HfApi.create_repo + create_commit) holds:
+- the student's files at the repository root (config, weights, tokenizer, README.md: the model card);
+- `online_module/` (OKD runs: the LoRA adapter of the teacher, with its card), unless left out;
+- `okd/config.yaml`, `okd/summary.json`, `okd/metrics.jsonl`: how the run was made and how it went.
+Checkpoints stay local. Cards missing from older runs are written first (okd.cards.ensure_cards).
+The token is huggingface_hub's (`hf auth login`, $HF_TOKEN) unless `token` is given.
+"""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+from typing import Callable
+
+from okd.errors import OkdError
+
+REPO_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*/[A-Za-z0-9][A-Za-z0-9._-]*$")
+RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl")
+
+
+def check_repo_id(repo_id: str) -> str:
+    if not REPO_RE.match(repo_id or "") or ".." in repo_id or len(repo_id) > 96:
+        raise OkdError(f"--repo {repo_id!r}: give the hub repository as ORG/NAME (letters, digits, - _ .)")
+    return repo_id
+
+
+def resolve_run_dir(path: str | Path) -> Path:
+    """A finished run directory (student/ with config.json) from the run or its student/."""
+    p = Path(path)
+    if p.name == "student" and (p.parent / "config.yaml").is_file():
+        p = p.parent
+    if not (p / "student" / "config.json").is_file():
+        raise OkdError(f"{str(p)!r} is not a finished run: no student/config.json (push the output_dir of a "
+                       "completed okd train)")
+    return p
+
+
+def _files(folder: Path, prefix: str) -> list[tuple[str, Path]]:
+    return [(f"{prefix}{f.relative_to(folder).as_posix()}", f) for f in sorted(folder.rglob("*"))
+            if f.is_file() and not any(part.startswith(".") for part in f.relative_to(folder).parts)]
+
+
+def push_plan(run_dir: Path, *, online_module: bool = True) -> list[tuple[str, Path]]:
+    """(path in the repository, local file) of everything pushed."""
+    plan = _files(run_dir / "student", "")
+    if online_module and (run_dir / "online_module").is_dir():
+        plan += _files(run_dir / "online_module", "online_module/")
+    plan += [(f"okd/{name}", run_dir / name) for name in RUN_FILES if (run_dir / name).is_file()]
+    return plan
+
+
+def _hub_error(e: Exception, repo_id: str) -> OkdError:
+    first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
+    hint = "log in with `hf auth login` or set HF_TOKEN" if "401" in first or "403" in first or "token" in \
+        first.lower() else "check the repository name, your network and your hub permissions"
+    return OkdError(f"push to {repo_id} failed ({type(e).__name__}: {first}); {hint}")
+
+
+def push_run(run: str | Path, repo_id: str, *, token: str | None = None, private: bool | None = None,
+             revision: str | None = None, commit_message: str | None = None, online_module: bool = True,
+             log: Callable[[str], None] = print) -> str:
+    """Push a finished run to `repo_id` (created if needed) in one commit; returns the commit's URL."""
+    from huggingface_hub import CommitOperationAdd, HfApi
+    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
+
+    from okd.cards import ensure_cards
+
+    check_repo_id(repo_id)
+    run_dir = resolve_run_dir(run)
+    for card in ensure_cards(run_dir):
+        log(f"wrote the model card {card}")
+    plan = push_plan(run_dir, online_module=online_module)
+    size = sum(f.stat().st_size for _, f in plan)
+    log(f"pushing {len(plan)} files ({size / 2**20:.1f} MiB) from {run_dir} to {repo_id}")
+    api = HfApi(token=token)
+    try:
+        api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
+        info = api.create_commit(repo_id, [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in plan],
+                                 commit_message=commit_message or f"okd run {run_dir.name}", revision=revision,
+                                 repo_type="model")
+    except (HfHubHTTPError, HFValidationError, OSError, ValueError) as e:
+        raise _hub_error(e, repo_id) from None
+    url = getattr(info, "commit_url", None) or f"https://huggingface.co/{repo_id}"
+    return str(url)
