@@ -79,5 +79,6 @@ def finished_ok(r, out) -> bool:
     machine) after every output was written and no Python error was raised."""
     if r.returncode == 0:
         return True
-    return (EXIT_ABORT in r.stderr and "Traceback" not in r.stderr and (out / "summary.json").is_file()
-            and (out / "student" / "config.json").is_file())
+    # (the launcher itself prints a traceback when a process dies; the processes' own would say [rankN]:)
+    return (EXIT_ABORT in r.stderr and "]: Traceback" not in r.stderr and "okd: error" not in r.stderr
+            and (out / "summary.json").is_file() and (out / "student" / "config.json").is_file())
