@@ -88,14 +88,14 @@ def sharpen_teacher(path: Path, data: Path, steps: int, batch_size: int = 8) -> 
 
 
 def load(overrides):
-    from okd.cli.teacher import _load_split
+    from okd.train.setup import load_split
     from okd.config import build_config
     from okd.models.loading import load_model, load_tokenizer
 
     cfg = build_config({}, overrides + ["method.name=fkd"])
     tok = load_tokenizer(cfg.student)
     teacher = load_model(cfg.teacher).requires_grad_(False)
-    split = _load_split()
+    split = load_split
     train = split(cfg, cfg.data.train, "train", tok, cfg.data.train_limit, False)[1]
     valid = split(cfg, cfg.data.valid, "valid", tok, cfg.data.valid_limit, False)[1]
     for i, f in enumerate(train):
