@@ -17,7 +17,8 @@ import time
 from typing import IO
 
 
-def _fmt_s(seconds: float) -> str:
+def fmt_s(seconds: float) -> str:
+    """12s, 3m04s, 1h02m."""
     seconds = int(round(max(seconds, 0.0)))
     if seconds < 60:
         return f"{seconds}s"
@@ -62,10 +63,10 @@ class LineProgress:
             head += f"step {self.n}"
         post = " ".join(f"{k}={v}" for k, v in self.postfix.items())
         elapsed = time.perf_counter() - self._t0
-        tail = f"{_fmt_s(elapsed)} elapsed"
+        tail = f"{fmt_s(elapsed)} elapsed"
         done = self.n - self._start_n
         if self.total and done > 0 and self.n < self.total:
-            tail += f", ~{_fmt_s(elapsed / done * (self.total - self.n))} left"
+            tail += f", ~{fmt_s(elapsed / done * (self.total - self.n))} left"
         return f"{head}{' ' + post if post else ''} | {tail}"
 
     def _print(self) -> None:

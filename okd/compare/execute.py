@@ -24,6 +24,7 @@ from okd.compare.report import write_report
 from okd.compare.settings import eval_config, eval_settings, exposure_runs
 from okd.config import LOGGING_KEYS, config_diff
 from okd.errors import OkdError
+from okd.progress import fmt_s
 
 Log = Callable[[str], None]
 
@@ -103,17 +104,6 @@ def describe_plan(plan: Plan) -> str:
 
 
 # ----------------------------------------------------------------------------- training
-
-def fmt_s(seconds: float) -> str:
-    seconds = int(round(seconds))
-    if seconds < 60:
-        return f"{seconds}s"
-    m, s = divmod(seconds, 60)
-    if m < 60:
-        return f"{m}m{s:02d}s"
-    h, m = divmod(m, 60)
-    return f"{h}h{m:02d}m"
-
 
 def _say(msg: str) -> None:
     print(f"[okd compare] {msg}", file=sys.stderr, flush=True)

@@ -72,13 +72,11 @@ def follow_run(model: str | Path, given: dict, log: Callable[[str], None] = prin
 
 
 def context_length(model) -> int | None:
-    """The model's context in tokens (n_positions, max_position_embeddings, ...), or None if it has none."""
+    """The model's context in tokens, or None if its config gives none (okd.models.loading.model_context)."""
+    from okd.models.loading import model_context
+
     cfg = getattr(model, "config", None)
-    for key in ("n_positions", "max_position_embeddings", "n_ctx", "max_sequence_length", "seq_length"):
-        v = getattr(cfg, key, None)
-        if isinstance(v, int) and not isinstance(v, bool) and v > 0:
-            return v
-    return None
+    return model_context(cfg) if cfg is not None else None
 
 
 def shared_context(*models) -> int | None:

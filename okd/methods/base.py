@@ -122,7 +122,7 @@ class Method:
 
     # Extra validation metrics: sums over a validation batch's scored tokens (the trainer divides them by
     # the number of scored tokens), and values computed once per validation.
-    def validation_sums(self, batch: dict) -> dict[str, torch.Tensor]:
+    def validation_sums(self, batch: dict, student_logits: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}
 
     def validation_extras(self) -> dict[str, float]:

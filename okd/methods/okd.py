@@ -58,27 +58,27 @@ class OnlineTeacherKD(Method):
     # ------------------------------------------------------------------ module dynamics (DESIGN.md §6)
 
     @torch.no_grad()
-    def validation_sums(self, batch):
+    def validation_sums(self, batch, student_logits):
         """Sums over the scored tokens, at τ = 1: KL(p‖q) toward the frozen base teacher (adapter
         disabled) and KL(p′‖q) toward the online teacher — the gap the module exists to close — and
-        both teachers' CE on the reference response (does the teacher drift away from the data?)."""
+        both teachers' CE on the reference response (does the teacher drift away from the data?).
+        The student's side is the validation's own forward (`student_logits` [B, T, V'])."""
         models, chunk = self.models, self.cfg.train.loss_chunk_size
         scored = Scored.of(batch)
-        h_s = scored_hidden(models.student, batch, scored)
+        z_s = scored.select(student_logits)[:, :models.vocab_size]
         h_on = scored_hidden(models.teacher, batch, scored)
         with base_teacher(models.teacher):
             h_base = scored_hidden(models.teacher, batch, scored)
-        sums = {k: torch.zeros((), dtype=torch.float64, device=h_s.device) for k in
+        sums = {k: torch.zeros((), dtype=torch.float64, device=z_s.device) for k in
                 ("valid_kl_base_teacher", "valid_kl_online_teacher", "valid_ce_base_teacher", "valid_ce_online_teacher")}
-        with models.gathered([output_weight(models.student), output_weight(models.teacher)]):
-            w_s, w_t = head(models.student, models.vocab_size), head(models.teacher, models.vocab_size)
-            self._dynamics_sums(sums, h_s, h_base, h_on, w_s, w_t, scored.targets, chunk)
+        with models.gathered([output_weight(models.teacher)]):
+            self._dynamics_sums(sums, z_s, h_base, h_on, head(models.teacher, models.vocab_size), scored.targets, chunk)
         return sums
 
     @staticmethod
-    def _dynamics_sums(sums, h_s, h_base, h_on, w_s, w_t, targets, chunk):
-        for i in range(0, h_s.shape[0], chunk):
-            y, zs = targets[i:i + chunk], h_s[i:i + chunk] @ w_s.T
+    def _dynamics_sums(sums, z_s, h_base, h_on, w_t, targets, chunk):
+        for i in range(0, z_s.shape[0], chunk):
+            y, zs = targets[i:i + chunk], z_s[i:i + chunk]
             for name, h in (("base", h_base), ("online", h_on)):
                 zt = h[i:i + chunk] @ w_t.T
                 sums[f"valid_kl_{name}_teacher"] += token_divergence("fkl", zs, zt).sum().double()

@@ -256,8 +256,13 @@ def final_hidden(model, input_ids, attention_mask) -> torch.Tensor:
 
 
 def _is_fsdp(model) -> bool:
-    return type(model).__name__ == "FullyShardedDataParallel" or any(
-        type(m).__name__ == "FullyShardedDataParallel" for m in model.modules())
+    """Whether an FSDP wrapper is on the way to the model (accelerate wraps the outside; walking the
+    wrapper chain, not every submodule: this runs at every forward of the step)."""
+    while model is not None:
+        if type(model).__name__ == "FullyShardedDataParallel":
+            return True
+        model = getattr(model, "module", None)
+    return False
 
 
 def count_parameters(model, trainable_only: bool = False) -> int:

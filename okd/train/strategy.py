@@ -34,6 +34,12 @@ from okd.train.sharding import (
 )
 
 
+def _gathered_states(self) -> tuple:
+    """FSDP and ZeRO-3: the full state dicts, gathered on the main process (every process takes part)."""
+    acc = self.accelerator
+    return full_state_dict(acc, self.student), full_state_dict(acc, self.teacher) if self.online else None
+
+
 class Strategy:
     """One process, or DDP (accelerate wraps the trained models; gradients are all-reduced once per step)."""
 
@@ -165,9 +171,7 @@ class FSDPStrategy(Strategy):
     def load_args(self) -> dict:
         return {"fsdp": {"student": self.student, "online": self.teacher if self.online else None}}
 
-    def full_states(self) -> tuple:
-        acc = self.accelerator
-        return full_state_dict(acc, self.student), full_state_dict(acc, self.teacher) if self.online else None
+    full_states = _gathered_states
 
     def save_adapter(self, path: Path, online, state) -> None:
         save_fsdp_adapter(path, online, state)
@@ -240,9 +244,7 @@ class DeepSpeedStrategy(Strategy):
     def load_args(self) -> dict:
         return {"engines": self.engines}
 
-    def full_states(self) -> tuple:
-        acc = self.accelerator
-        return full_state_dict(acc, self.student), full_state_dict(acc, self.teacher) if self.online else None
+    full_states = _gathered_states
 
 
 def strategy_for(accelerator, cfg) -> Strategy:

@@ -29,7 +29,7 @@ def evaluate(run) -> dict:
         b = {k: v.to(acc.device) for k, v in run.collate(chunk or run.valid_features[:bs]).items()}
         with acc.autocast():
             logits = student(input_ids=b["input_ids"], attention_mask=b["attention_mask"]).logits
-            sums = method.validation_sums(b)
+            sums = method.validation_sums(b, logits)  # the same student forward, not a second one
         if not chunk:
             continue
         ce = token_ce(logits[:, :-1, :method.models.vocab_size], b["labels"][:, 1:])
