@@ -9,6 +9,7 @@ untrained one. They are generated once per model and cached in `<out>/samples/<l
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 
@@ -91,7 +92,12 @@ def cpu_features() -> str:
         return ""
     have = [name for name, flag in (("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16"))
             if flag in flags]
-    return "with " + ", ".join(have) if have else "without AVX-512"
+    text = "with " + ", ".join(have) if have else "without AVX-512"
+    # A run limited to AVX2 kernels (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, OKD_CPU_BF16=0) says
+    # so: its figures stand for a machine without AVX-512, not for this one.
+    limits = [f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+                                                "ONEDNN_MAX_CPU_ISA", "OKD_CPU_BF16") if os.environ.get(k)]
+    return text + (f" (limited by {' '.join(limits)})" if limits else "")
 
 
 def machine_line(hw: dict, precision: str) -> str:

@@ -108,3 +108,18 @@ def test_short_pairs_keep_short_prompts_and_answers(tmp_path):
     assert demo.short_pairs(src, tmp_path / "short.jsonl") == 2
     kept = [json.loads(line)["instruction"] for line in (tmp_path / "short.jsonl").read_text().splitlines()]
     assert kept == ["Hi?", "Name one."] and demo.short_pairs(src, tmp_path / "one.jsonl", limit=1) == 1
+
+
+def test_bf16_detection_can_be_overridden_and_the_machine_line_says_so(monkeypatch):
+    from okd.demo_report import cpu_features
+    from okd.precision import cpu_has_bf16
+
+    monkeypatch.setenv("OKD_CPU_BF16", "0")
+    assert cpu_has_bf16() is False
+    monkeypatch.setenv("OKD_CPU_BF16", "1")
+    assert cpu_has_bf16() is True
+    monkeypatch.setenv("ATEN_CPU_CAPABILITY", "avx2")
+    assert cpu_features().endswith("(limited by ATEN_CPU_CAPABILITY=avx2 OKD_CPU_BF16=1)")
+    monkeypatch.delenv("ATEN_CPU_CAPABILITY")
+    monkeypatch.delenv("OKD_CPU_BF16")
+    assert "limited by" not in cpu_features()

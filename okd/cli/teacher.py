@@ -59,12 +59,9 @@ def parse_top_k(text: str) -> int | str:
     return k
 
 
-
 def run(args) -> int:
     from okd.config import load_config
-    from okd.models.loading import load_model, load_tokenizer, output_weight
-    from okd.models.teacher_cache import build_cache, check_top_k, describe_config
-
+    from okd.train.cache import build_teacher_cache
     from okd.train.preflight import check_output_dir
 
     check_output_dir(args.output, "-o")  # before the config, the data or the teacher is read
@@ -75,30 +72,9 @@ def run(args) -> int:
     if any(not t > 0 for t in args.temperature):
         raise OkdError(f"--temperature must be > 0, got {min(args.temperature)}")
     cfg = load_config(args.config, args.overrides)
-    if not cfg.teacher.path:
-        raise OkdError("teacher.path is not set: the cache stores that teacher's predictions")
-    if not cfg.data.train:
-        raise OkdError("data.train is not set; give the training data the cache is for")
-    tokenizer = load_tokenizer(cfg.student if cfg.student.path else cfg.teacher)  # the trainer's tokenizer
-    if cfg.student.path and load_tokenizer(cfg.teacher).get_vocab() != tokenizer.get_vocab():
-        raise OkdError("teacher and student tokenizers differ; KD (and its cache) needs the same vocabulary")
-    vocab = len(tokenizer)
-    top_k = check_top_k(vocab if top_k == "all" else top_k, vocab)
-    from okd.train.setup import load_split  # the trainer's tokenisation and order of features
-
-    progress = not args.quiet
-    splits = {"train": load_split(cfg, cfg.data.train, "train", tokenizer, cfg.data.train_limit, progress)[1]}
-    if cfg.data.valid:
-        splits["valid"] = load_split(cfg, cfg.data.valid, "valid", tokenizer, cfg.data.valid_limit, False)[1]
-    depends_on = describe_config(cfg, tokenizer)
-    teacher = load_model(cfg.teacher)
-    teacher.requires_grad_(False)
-    if output_weight(teacher).shape[0] < vocab:
-        raise OkdError(f"teacher output layer has {output_weight(teacher).shape[0]} rows but the tokenizer has {vocab}")
-    manifest = build_cache(args.output, teacher=teacher, tokenizer=tokenizer, splits=splits, depends_on=depends_on,
-                           vocab_size=vocab, top_k=top_k, temperatures=[cfg.method.temperature, *args.temperature],
-                           value_dtype=args.dtype, batch_size=args.batch_size, shard_examples=args.shard_examples,
-                           device=args.device, progress=progress)
+    manifest = build_teacher_cache(cfg, args.output, top_k=top_k, temperatures=args.temperature, dtype=args.dtype,
+                                   batch_size=args.batch_size, shard_examples=args.shard_examples,
+                                   device=args.device, progress=not args.quiet)
     counts = ", ".join(f"{s}: {r['examples']} examples, {r['tokens']} tokens" for s, r in manifest["splits"].items())
     print(f"done: {args.output} (k={manifest['top_k']}, {counts}, {manifest['bytes_per_token']} bytes/token)")
     return 0

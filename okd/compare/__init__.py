@@ -16,6 +16,8 @@ A grid file (YAML) names what to run and how to evaluate it:
       - {name: minillm, student_from: sft, overrides: {method.name: minillm}}   # starts from sft's student
     sweeps:                           # shorthand: one run per value, on top of `base_run`'s overrides
       - {name: okd_rank, base_run: okd, key: online.rank, values: [16, 64]}       # okd_rank_16, okd_rank_64
+    teacher_cache: {top_k: 64}        # optional: fkd/rkd/jsd/tvd/... runs share one teacher cache per
+                                      # (teacher, data), built once (okd.compare.caches)
     eval:                             # okd eval's settings (okd.eval.EvalConfig), grid defaults, plus:
       data: [sharegpt, seed-tasks]
       split: test

@@ -19,6 +19,7 @@ from typing import Callable
 
 import yaml
 
+from okd.compare.caches import describe_caches, ensure_teacher_cache
 from okd.compare.grid import Plan, Run, format_value, load_grid, plan_grid
 from okd.compare.report import write_report
 from okd.compare.settings import eval_config, eval_settings, exposure_runs
@@ -97,6 +98,7 @@ def describe_plan(plan: Plan) -> str:
     for init in plan.inits:
         have = "cached" if (init.path / "config.json").is_file() else "to create"
         lines.append(f"student init: {init.layers} layers of {init.source} ({init.strategy}) at {init.path} ({have})")
+    lines += describe_caches(plan.caches)
     if plan.spec.eval is not None and plan.spec.eval.references:
         lines.append("reference rows: " + ", ".join(plan.spec.eval.references))
     lines += ["", markdown_table(["run", "method", "overrides", "student from", "steps", "training", "eval"], rows)]
@@ -194,6 +196,8 @@ def _train_all(plan: Plan, selected: list[str], *, progress: bool, log: Log, ela
         log(f"{head}: {what}: method {r.cfg.method.name}, {r.cfg.train.max_steps} steps × batch "
             f"{r.cfg.train.batch_size}{f', student from {r.student_from}' if r.student_from else ''} "
             f"[grid elapsed {elapsed()}]")
+        if (cache := plan.cache_of(r)) is not None:
+            ensure_teacher_cache(cache, r.cfg, log)
         t0 = time.perf_counter()
         train_run(r, isolate=spec.isolate, threads=spec.threads, progress=progress)
         finish_run(r.dir, f"okd compare -c {plan.source}" if plan.source else None)

@@ -15,9 +15,11 @@ from typing import Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
+from okd.compare.caches import TeacherCachePlan, assign_teacher_cache
 from okd.config import Config, build_config, read_yaml_mapping, set_dotted
 from okd.errors import OkdError
 from okd.eval.config import AtLeastOne, EvalConfig, ExposureConfig, Template, describe_errors
+from okd.models.teacher_cache import DEFAULT_TOP_K
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
 REFERENCE_LABELS = {"teacher": "teacher", "student_init": "student_init"}
@@ -88,6 +90,13 @@ class EvalSpec(EvalConfig):
         return v
 
 
+class TeacherCacheSpec(_Section):
+    """teacher_cache: one `okd teacher cache` per (teacher, data), shared by the frozen-teacher runs."""
+
+    top_k: AtLeastOne | Literal["all"] = DEFAULT_TOP_K
+    dtype: Literal["float16", "float32"] = "float16"
+
+
 class GridSpec(_Section):
     output_dir: str
     base: dict[str, Any] = {}
@@ -95,10 +104,16 @@ class GridSpec(_Section):
     sweeps: list[SweepSpec] = []
     seeds: list[int] | None = None  # every run once per training seed (train.seed): <name>_s<seed>
     eval: EvalSpec | None = None
+    teacher_cache: TeacherCacheSpec | None = None  # `true`: the defaults
     threads: int | None = None
     isolate: bool = True  # train each run in its own process (per-run peak memory)
     keep_checkpoints: bool = True  # false: delete a run's checkpoints/ once it is complete (student/ stays)
     title: str | None = None
+
+    @field_validator("teacher_cache", mode="before")
+    @classmethod
+    def _true_is_defaults(cls, v):
+        return {} if v is True else None if v is False else v
 
 
 # ----------------------------------------------------------------------------- the resolved plan
@@ -135,12 +150,17 @@ class Plan:
     out: Path
     runs: list[Run]
     inits: list[StudentInitPlan] = field(default_factory=list)
+    caches: list[TeacherCachePlan] = field(default_factory=list)
     teacher: str | None = None
     student_init: str | None = None  # the shared student initialisation (for the reference row)
     source: str | None = None  # the grid file
 
     def run(self, name: str) -> Run:
         return next(r for r in self.runs if r.name == name)
+
+    def cache_of(self, run: Run) -> TeacherCachePlan | None:
+        """The grid's shared teacher cache this run trains from, if any."""
+        return next((c for c in self.caches if run.name in c.runs), None)
 
     def trained(self, run: Run) -> Run:
         """The run whose directory holds the result (itself, or the one it duplicates)."""
@@ -369,8 +389,9 @@ def plan_grid(tree: dict, *, source: str | None = None, base_dir: Path | None = 
     inits: dict[tuple, StudentInitPlan] = {}
     runs: list[Run] = []
     identities: dict[str, dict] = {}
+    caches: dict[str, TeacherCachePlan] = {}
     for r, sweep, value in _dependency_order(items):
-        cfg = _resolve_run(r, spec.base, out, inits)
+        cfg = assign_teacher_cache(r.name, _resolve_run(r, spec.base, out, inits), spec.teacher_cache, out, caches)
         run = Run(name=r.name, cfg=cfg, overrides=dict(r.overrides), student_from=r.student_from, sweep=sweep,
                   sweep_value=value, note=r.note, group=groups[r.name][0], seed=groups[r.name][1])
         identity = _identity(cfg)
@@ -382,5 +403,5 @@ def plan_grid(tree: dict, *, source: str | None = None, base_dir: Path | None = 
     teacher = (spec.base.get("teacher") or {}).get("path")
     if spec.eval is not None:
         _check_eval(spec.eval, names, teacher, student_init)
-    return Plan(spec=spec, out=out, runs=runs, inits=list(inits.values()), teacher=teacher,
-                student_init=student_init, source=source)
+    return Plan(spec=spec, out=out, runs=runs, inits=list(inits.values()), caches=list(caches.values()),
+                teacher=teacher, student_init=student_init, source=source)

@@ -6,6 +6,7 @@ import csv
 import json
 import math
 
+from okd.compare.caches import describe_caches
 from okd.compare.grid import Plan, format_value
 from okd.compare.plots import plot_curves, plot_dynamics, plot_exposure_curves, plot_rouge, plot_sweeps, plot_time
 from okd.compare.results import collect_results, hardware
@@ -117,6 +118,7 @@ def _setup_lines(plan: Plan, hw: dict) -> list[str]:
              f"(template {dc.template}, max length {dc.max_length}).",
              f"Budget per run: {tc.max_steps} steps × batch {tc.batch_size} × grad accum {tc.grad_accum}, "
              f"lr {tc.lr:g}, seed {tc.seed} (unless a run overrides it)."]
+    lines += describe_caches(plan.caches)
     if plan.spec.eval is not None:
         s = eval_settings(plan, False)
         decoding = "greedy" if s["greedy"] else (f"{s['seeds']} sampled answers per prompt "

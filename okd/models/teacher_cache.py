@@ -316,6 +316,7 @@ def build_cache(out, *, teacher, tokenizer, splits: dict[str, list[dict]], depen
     from tqdm.auto import tqdm
 
     out = Path(out)
+    t0 = time.monotonic()
     check_top_k(top_k, vocab_size)
     temperatures = [1.0] + sorted({float(t) for t in temperatures} - {1.0})
     id_dtype = np.uint16 if vocab_size <= 65536 else np.int32
@@ -362,7 +363,7 @@ def build_cache(out, *, teacher, tokenizer, splits: dict[str, list[dict]], depen
     size = sum(sh["bytes"] for r in records.values() for sh in r["shards"])
     manifest = {"format": FORMAT, "version": VERSION, **fingerprint, "splits": records,
                 "tokens": tokens, "bytes": size, "bytes_per_token": round(size / max(tokens, 1), 2),
-                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z")}
+                "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "build_s": round(time.monotonic() - t0, 1)}
     _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1).encode())
     (out / "build.json").unlink(missing_ok=True)
     return manifest

@@ -1,0 +1,41 @@
+"""Build a teacher cache for a training config: the trainer's tokenisation and order of features, the
+config's teacher, run once (`okd teacher cache` and `okd compare`'s shared caches both call this)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+from okd.config import Config
+from okd.errors import OkdError
+
+
+def build_teacher_cache(cfg: Config, output: str | Path, *, top_k: int | str, temperatures=(), dtype: str = "float16",
+                        batch_size: int = 8, shard_examples: int | None = None, device=None,
+                        progress: bool = True) -> dict:
+    """Score cfg.data.train (and data.valid) with cfg.teacher into `output`; returns the manifest.
+    top_k: a number of tokens or 'all'. method.temperature is always among the stored tail temperatures."""
+    from okd.models.loading import load_model, load_tokenizer, output_weight
+    from okd.models.teacher_cache import SHARD_EXAMPLES, build_cache, check_top_k, describe_config
+    from okd.train.setup import load_split  # the trainer's tokenisation and order of features
+
+    if not cfg.teacher.path:
+        raise OkdError("teacher.path is not set: the cache stores that teacher's predictions")
+    if not cfg.data.train:
+        raise OkdError("data.train is not set; give the training data the cache is for")
+    tokenizer = load_tokenizer(cfg.student if cfg.student.path else cfg.teacher)  # the trainer's tokenizer
+    if cfg.student.path and load_tokenizer(cfg.teacher).get_vocab() != tokenizer.get_vocab():
+        raise OkdError("teacher and student tokenizers differ; KD (and its cache) needs the same vocabulary")
+    vocab = len(tokenizer)
+    top_k = check_top_k(vocab if top_k == "all" else top_k, vocab)
+    splits = {"train": load_split(cfg, cfg.data.train, "train", tokenizer, cfg.data.train_limit, progress)[1]}
+    if cfg.data.valid:
+        splits["valid"] = load_split(cfg, cfg.data.valid, "valid", tokenizer, cfg.data.valid_limit, False)[1]
+    depends_on = describe_config(cfg, tokenizer)
+    teacher = load_model(cfg.teacher)
+    teacher.requires_grad_(False)
+    if output_weight(teacher).shape[0] < vocab:
+        raise OkdError(f"teacher output layer has {output_weight(teacher).shape[0]} rows but the tokenizer has {vocab}")
+    return build_cache(output, teacher=teacher, tokenizer=tokenizer, splits=splits, depends_on=depends_on,
+                       vocab_size=vocab, top_k=top_k, temperatures=[cfg.method.temperature, *temperatures],
+                       value_dtype=dtype, batch_size=batch_size, shard_examples=shard_examples or SHARD_EXAMPLES,
+                       device=device, progress=progress)
