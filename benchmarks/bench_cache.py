@@ -38,7 +38,9 @@ BYTES_GOAL, CE_GOAL, SPEED_GOAL = 300, 0.01, 2.0
 
 def setup(args, work: Path) -> list[str]:
     """Config overrides for the models and data of the benchmark."""
-    seed_tasks = ROOT.parent / "shared/data/seed_tasks.jsonl"
+    from okd.data.presets import seed_tasks_path
+
+    seed_tasks = seed_tasks_path()  # shipped in the package
     if args.tiny:
         from okd.models.tiny import save_tiny
 

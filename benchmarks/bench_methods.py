@@ -14,8 +14,8 @@ with the generated tokens per step (mean over the same steps). Rows:
 Models: random llama models with the byte-level tokenizer of okd.models.tiny (vocabulary 260), so
 nothing is downloaded: `--size small` (default) is a 8-layer, 256-wide teacher and a 4-layer,
 128-wide student; `--size tiny` the 4x64 / 2x32 pair of the tests. Or give `--teacher/--student`.
-Data: /work/shared/data/seed_tasks.jsonl-like instructions (`--data`, default the repository's
-shared seed tasks when present, else a synthetic set), alpaca template.
+Data: instructions like the seed tasks (`--data`, default the seed tasks shipped in the package,
+okd/data/seed_tasks.jsonl, else a synthetic set), alpaca template.
 
     python benchmarks/bench_methods.py                       # all methods, small models
     python benchmarks/bench_methods.py --methods fkd gkd minillm --steps 5 --threads 1
@@ -36,7 +36,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 METHODS = ["sft", "fkd", "rkd", "jsd", "tvd", "okd", "seqkd", "seqkd (cached)", "imitkd", "gkd", "distillm",
            "minillm"]
 SIZES = {"tiny": ((4, 64), (2, 32)), "small": ((8, 256), (4, 128))}
-SHARED_TASKS = Path(__file__).resolve().parents[2] / "shared" / "data" / "seed_tasks.jsonl"
 
 
 def synthetic_data(path: Path, n: int = 64) -> Path:
@@ -82,7 +81,7 @@ def main(argv=None):
     p.add_argument("--size", choices=sorted(SIZES), default="small", help="random model pair (default small)")
     p.add_argument("--teacher", help="teacher model (path/preset) instead of a random one")
     p.add_argument("--student", help="student model (path/preset) instead of a random one")
-    p.add_argument("--data", help="training data (default: shared seed tasks, else synthetic)")
+    p.add_argument("--data", help="training data (default: the packaged seed tasks, else synthetic)")
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--max-length", type=int, default=256)
     p.add_argument("--max-new-tokens", type=int, default=32)
@@ -112,7 +111,10 @@ def main(argv=None):
             (tl, th), (sl, sh) = SIZES[args.size]
             teacher = teacher or str(save_tiny(root / "teacher", "llama", layers=tl, hidden=th, seed=1))
             student = student or str(save_tiny(root / "student", "llama", layers=sl, hidden=sh, seed=2))
-        data = args.data or (str(SHARED_TASKS) if SHARED_TASKS.is_file() else str(synthetic_data(root / "data.jsonl")))
+        from okd.data.presets import seed_tasks_path
+
+        tasks = seed_tasks_path()
+        data = args.data or (str(tasks) if tasks.is_file() else str(synthetic_data(root / "data.jsonl")))
         rows = []
         for name in args.methods:
             t0 = time.perf_counter()

@@ -98,13 +98,14 @@ def setup_models(kind: str, work: Path, shape_dir: str | None = None, data: str 
         teacher, student = random_models(shape_dir, work)
         return {"teacher": teacher, "student": student, "data": data, "template": "chat"}
     if kind == "tiny":
+        from okd.data.presets import seed_tasks_path
         from okd.models.tiny import save_tiny
 
         t, s = work / "tiny-teacher", work / "tiny-student"
         if not (t / "config.json").exists():
             save_tiny(t, "llama", layers=8, hidden=256, seed=1)
             save_tiny(s, "llama", layers=4, hidden=128, seed=2)
-        return {"teacher": str(t), "student": str(s), "data": str(ROOT.parent / "shared/data/seed_tasks.jsonl"),
+        return {"teacher": str(t), "student": str(s), "data": str(seed_tasks_path()),
                 "template": "chat"}
     from okd.data.presets import resolve_data_preset
     from okd.models.presets import resolve_model_preset

@@ -15,7 +15,9 @@ from pathlib import Path
 
 LABELS = {"student_init": "student (untrained)"}  # the demo's name for compare's reference row
 SAMPLE_PROMPTS = 3
-SAMPLE_DECODING = "greedy"
+# Small models decoded greedily loop ("I'm ready. I'm ready. ..."); for reading, no 3-gram may repeat
+SAMPLE_NO_REPEAT_NGRAM = 3
+SAMPLE_DECODING = f"greedy, no repeated {SAMPLE_NO_REPEAT_NGRAM}-gram (transformers' no_repeat_ngram_size)"
 
 
 def sample_examples(data: str, split: str, limit: int, n: int = SAMPLE_PROMPTS) -> list:
@@ -46,7 +48,8 @@ def write_samples(path: Path, model: str, examples: list, *, template: str, max_
     m, tok = load_model_and_tokenizer(model, dtype)
     prompts = fit_prompts(prepare_prompts(examples, tok, template, max_prompt_length), context_length(m),
                           max_new_tokens, bos=getattr(tok, "bos_token_id", None), log=lambda msg: None)
-    gen = generate(m, tok, prompts, max_new_tokens=max_new_tokens, greedy=True, batch_size=len(prompts))
+    gen = generate(m, tok, prompts, max_new_tokens=max_new_tokens, greedy=True, batch_size=len(prompts),
+                   no_repeat_ngram_size=SAMPLE_NO_REPEAT_NGRAM)
     out = {"key": key, "seconds": time.perf_counter() - t0,
            "items": [{"instruction": ex.instruction, "answer": text, "finished": fin}
                      for ex, text, fin in zip(examples, gen.texts, gen.finished)]}

@@ -133,7 +133,8 @@ def compile_config():
 
 
 def generation_config(*, max_new_tokens: int, pad: int, eos: list[int], greedy: bool, temperature: float,
-                      top_p: float, top_k: int, use_cache: bool, static: bool, compile: bool | None):
+                      top_p: float, top_k: int, use_cache: bool, static: bool, compile: bool | None,
+                      no_repeat_ngram_size: int = 0):
     """A GenerationConfig with an explicit value for every sampling knob, so a checkpoint's
     generation_config cannot add top-k 50, repetition penalties etc. behind our back (None fields
     would be filled from it). `static`: a static KV cache; `compile`: None lets transformers decide
@@ -142,7 +143,7 @@ def generation_config(*, max_new_tokens: int, pad: int, eos: list[int], greedy: 
 
     kwargs = dict(max_new_tokens=max_new_tokens, min_new_tokens=0, num_beams=1,
                   pad_token_id=pad, eos_token_id=eos or None, use_cache=use_cache,
-                  repetition_penalty=1.0, no_repeat_ngram_size=0, bos_token_id=None)
+                  repetition_penalty=1.0, no_repeat_ngram_size=int(no_repeat_ngram_size), bos_token_id=None)
     if greedy:
         kwargs.update(do_sample=False)
     else:
@@ -163,7 +164,8 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
              temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
              seed: int | None = None, batch_size: int = 16, progress: bool = False,
              vocab_limit: int | None = None, use_cache: bool = True, static_cache: bool | None = None,
-             compile: bool | None = None, pad_multiple: int | None = None) -> GenerationResult:
+             compile: bool | None = None, pad_multiple: int | None = None,
+             no_repeat_ngram_size: int = 0) -> GenerationResult:
     """Generate a response for each prompt (token id lists); returns them in the prompts' order.
 
     Sampling uses exactly `temperature`, `top_p` and `top_k` (0 = off); `greedy=True` ignores them.
@@ -173,6 +175,7 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
     `vocab_limit` forbids sampling ids >= it. The model is put in eval mode for the call and restored.
     `static_cache` (None: on CUDA), `compile` (None: transformers' choice, i.e. on CUDA with the
     static cache) and `pad_multiple` (None: 64 with the static cache on CUDA, else 1): module doc.
+    `no_repeat_ngram_size` n > 0 forbids repeating any n-gram (transformers'; for reading, not for scores).
     """
     from transformers import LogitsProcessorList
 
@@ -192,7 +195,7 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
     static = static_cache_for(model, static_cache) and use_cache
     config = generation_config(max_new_tokens=max_new_tokens, pad=pad, eos=eos, greedy=greedy,
                                temperature=temperature, top_p=top_p, top_k=top_k, use_cache=use_cache,
-                               static=static, compile=compile)
+                               static=static, compile=compile, no_repeat_ngram_size=no_repeat_ngram_size)
     processors = LogitsProcessorList([_VocabLimit(vocab_limit)] if vocab_limit else [])
     multiple = default_pad_multiple(device, static) if pad_multiple is None else pad_multiple
 

@@ -43,6 +43,10 @@ def test_frozen_teacher_runs_share_one_cache_per_teacher_and_data(tiny_dirs, tin
     shared = plan.cache_of(by["fkd"])
     assert shared.runs == ["fkd", "jsd_t2"] and shared.temperatures == {1.0, 2.0} and shared.top_k == 8
     assert plan.cache_of(by["okd"]) is None
+    from okd.compare import describe_plan
+
+    dry = describe_plan(plan)
+    assert f"Teacher cache `{shared.path}` (top-8, float16; to build before its first run), shared by fkd, jsd_t2" in dry
     assert plan_grid(_grid(tiny_dirs, tiny_data, tmp_path / "h", cache=True)).caches[0].top_k == 64
     assert plan_grid(_grid(tiny_dirs, tiny_data, tmp_path / "i")).caches == []  # off unless asked
     with pytest.raises(OkdError, match="teacher_cache.top_k"):

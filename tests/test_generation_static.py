@@ -84,6 +84,18 @@ def test_static_cache_and_bucketed_padding_change_no_greedy_token(tok, prompts, 
     assert "StaticCache" in seen
 
 
+def test_no_repeat_ngram_keeps_greedy_answers_free_of_repeats(tok, prompts):
+    def repeats(seq, n):
+        grams = [tuple(seq[i:i + n]) for i in range(len(seq) - n + 1)]
+        return len(grams) - len(set(grams))
+
+    m = tiny_model("llama", seed=0)  # a random model loops when decoded greedily
+    plain = generate(m, tok, prompts, max_new_tokens=24, greedy=True, batch_size=4)
+    free = generate(m, tok, prompts, max_new_tokens=24, greedy=True, batch_size=4, no_repeat_ngram_size=2)
+    assert sum(repeats(s, 2) for s in plain.sequences) > 0  # the test can fail: there were repeats to remove
+    assert all(repeats(s, 2) == 0 for s in free.sequences)
+
+
 def test_static_cache_seeded_samples_equal(tok, prompts):
     m = tiny_model("llama", seed=3)
     a = generate(m, tok, prompts, max_new_tokens=16, seed=5)
