@@ -65,6 +65,7 @@ Positive = Annotated[Float, _rule(lambda v: v > 0, "must be > 0")]
 Fraction = Annotated[Float, _rule(lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")]
 Probability = Annotated[Float, _rule(lambda v: 0.0 < v <= 1.0, "must be > 0 and <= 1")]
 DropoutRate = Annotated[Float, _rule(lambda v: 0.0 <= v < 1.0, "must be >= 0 and < 1")]
+OpenFraction = Annotated[Float, _rule(lambda v: 0.0 < v < 1.0, "must be > 0 and < 1")]
 AtLeastOne = Annotated[Int, _rule(lambda v: v >= 1, "must be >= 1")]
 NonNegativeInt = Annotated[Int, _rule(lambda v: v >= 0, "must be >= 0")]
 NonNegative = Annotated[Float, _rule(lambda v: v >= 0, "must be >= 0")]
@@ -142,7 +143,8 @@ class OnlineConfig(Section):
     rank: AtLeastOne = 32
     lora_alpha: Positive = 32.0  # LoRA scale = lora_alpha / rank
     dropout: DropoutRate = 0.0
-    layers: AtLeastOne | list[NonNegativeInt] | None = None  # None: every layer; k: the top k layers; list: those
+    # None: every layer; k: the top k layers; a fraction f in (0, 1): the top ceil(f·n) of n layers; list: those
+    layers: AtLeastOne | OpenFraction | list[NonNegativeInt] | None = None
     target_modules: list[str] | None = None  # None: the architecture's query/value projections
     alpha: Fraction = 0.5  # module loss = α·KL(q‖p′) + (1−α)·CE_teacher
     lr: Positive = 1e-4
@@ -152,10 +154,18 @@ class OnlineConfig(Section):
     warmup_steps: NonNegativeInt = 0
     lr_schedule: Literal["linear", "constant"] = "linear"  # linear: train.warmup_steps then decay, as the student's
 
+    @field_validator("layers", mode="before")
+    @classmethod
+    def _share_in_range(cls, v):
+        if isinstance(v, float) and not 0.0 < v < 1.0:
+            raise ValueError(f"{v!r} is neither a number of top layers (an integer k >= 1) nor a share of them "
+                             "(a fraction > 0 and < 1, e.g. 0.25 for the top quarter)")
+        return v
+
     @field_validator("layers", "target_modules")
     @classmethod
     def _not_empty(cls, v):
-        if v is not None and not isinstance(v, int) and not v:
+        if v is not None and not isinstance(v, (int, float)) and not v:
             raise ValueError("must not be an empty list (leave it unset for the default)")
         return v
 

@@ -198,6 +198,27 @@ def test_okd_trains_other_architectures(arch, tiny_data, tmp_path):
     assert set(cfg["target_modules"]) == ({"c_attn"} if arch == "gpt2" else {"q_proj", "v_proj"})
 
 
+@pytest.mark.parametrize("layers, n, expected", [(0.25, 30, list(range(22, 30))), (0.25, 4, [3]), (0.5, 3, [1, 2]),
+                                                 (0.99, 4, [0, 1, 2, 3]), (8, 30, list(range(22, 30)))])
+def test_online_layers_as_a_share_of_the_depth(layers, n, expected):
+    """online.layers = f in (0, 1): the top ceil(f·n) layers, so one setting fits teachers of any depth."""
+    from types import SimpleNamespace
+
+    from okd.config import OnlineConfig
+    from okd.models.online import layer_indices
+
+    model = SimpleNamespace(config=SimpleNamespace(num_hidden_layers=n, model_type="llama"))
+    assert layer_indices(model, OnlineConfig(layers=layers)) == expected
+
+
+@pytest.mark.parametrize("bad", [0.0, 1.0, 1.5, -0.2])
+def test_online_layers_share_out_of_range_is_one_line(bad):
+    from okd.errors import OkdError
+
+    with pytest.raises(OkdError, match=r"online.layers': .* neither a number of top layers .* nor a share"):
+        build_config({"online": {"layers": bad}})
+
+
 @pytest.mark.slow
 def test_tiny_demo_end_to_end(tmp_path, capsys):
     """`okd demo --tiny`: teacher fine-tuned, three methods trained, five models evaluated, report."""

@@ -6,6 +6,8 @@ bit-for-bit unchanged and the module saves as an ordinary peft adapter (`online_
 
 from __future__ import annotations
 
+import math
+
 from okd.config import OnlineConfig
 from okd.errors import OkdError
 
@@ -52,6 +54,8 @@ def layer_indices(model, cfg: OnlineConfig) -> list[int] | None:
     n = num_layers(model.config)
     if cfg.layers is None:
         return None
+    if isinstance(cfg.layers, float):  # a share of the depth: the same placement for any teacher
+        return list(range(n - math.ceil(cfg.layers * n), n))
     if isinstance(cfg.layers, int):
         if not 1 <= cfg.layers <= n:
             raise OkdError(f"online.layers={cfg.layers}: the teacher has {n} layers; give 1..{n} (top k) or a list")
