@@ -73,7 +73,8 @@ def test_paired_bootstrap_against_an_independent_computation():
 @pytest.mark.slow
 def test_seeded_grid_reports_groups_intervals_and_dynamics(tiny_dirs, tiny_data, tmp_path):
     out = tmp_path / "g"
-    run_compare(_grid(tiny_dirs, tiny_data, out), log=lambda m: None)
+    grid = _grid(tiny_dirs, tiny_data, out)
+    run_compare(grid, log=lambda m: None)
     res = json.loads((out / "results.json").read_text())
     groups = {g["name"]: g for g in res["seed_groups"]}
     assert set(groups) == {"fkd", "okd", "okd_t2"} and groups["okd"]["seeds"] == 2
@@ -88,3 +89,9 @@ def test_seeded_grid_reports_groups_intervals_and_dynamics(tiny_dirs, tiny_data,
                                            "valid_ce_base_teacher", "valid_ce_online_teacher", "online_update_norm"))
     report = (out / "report.md").read_text()
     assert "## Over training seeds" in report and "okd − fkd" in report and (out / "dynamics.png").is_file()
+    # the grid names the pairs instead (a variant against the frozen teacher at the same temperature)
+    run_compare({**grid, "intervals": [["okd_t2", "fkd"]]}, report_only=True, log=lambda m: None)
+    res = json.loads((out / "results.json").read_text())
+    assert {(p["a"], p["b"]) for p in res["intervals"]} == {("okd_t2", "fkd")} and len(res["intervals"]) == 1
+    with pytest.raises(OkdError, match="grid key 'intervals': no run named 'fkd_t3'"):
+        plan_grid({**grid, "intervals": [["okd", "fkd_t3"]]})

@@ -18,6 +18,8 @@ A grid file (YAML) names what to run and how to evaluate it:
       - {name: okd_rank, base_run: okd, key: online.rank, values: [16, 64]}       # okd_rank_16, okd_rank_64
     teacher_cache: {top_k: 64}        # optional: fkd/rkd/jsd/tvd/... runs share one teacher cache per
                                       # (teacher, data), built once (okd.compare.caches)
+    intervals: [[okd, fkd], [okd_t2, fkd_t2]]   # optional: paired bootstrap intervals of a − b per eval
+                                      # set (default: okd − every other seed group)
     eval:                             # okd eval's settings (okd.eval.EvalConfig), grid defaults, plus:
       data: [sharegpt, seed-tasks]
       split: test

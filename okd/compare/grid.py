@@ -105,6 +105,7 @@ class GridSpec(_Section):
     seeds: list[int] | None = None  # every run once per training seed (train.seed): <name>_s<seed>
     eval: EvalSpec | None = None
     teacher_cache: TeacherCacheSpec | None = None  # `true`: the defaults
+    intervals: list[tuple[str, str]] | None = None  # [a, b] seed groups: paired intervals of a − b (default okd − each)
     threads: int | None = None
     isolate: bool = True  # train each run in its own process (per-run peak memory)
     keep_checkpoints: bool = True  # false: delete a run's checkpoints/ once it is complete (student/ stays)
@@ -403,5 +404,9 @@ def plan_grid(tree: dict, *, source: str | None = None, base_dir: Path | None = 
     teacher = (spec.base.get("teacher") or {}).get("path")
     if spec.eval is not None:
         _check_eval(spec.eval, names, teacher, student_init)
+    for a, b in spec.intervals or []:
+        for name in (a, b):
+            if name not in names:
+                raise OkdError(f"grid key 'intervals': no run named {name!r}")
     return Plan(spec=spec, out=out, runs=runs, inits=list(inits.values()), caches=list(caches.values()),
                 teacher=teacher, student_init=student_init, source=source)

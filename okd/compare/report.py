@@ -189,7 +189,7 @@ def write_report(plan: Plan) -> dict:
     sets = eval_sets(rows)
     plots = _write_plots(plan, rows, sets)
     hw = hardware()
-    seeds = {"seed_groups": group_rows(plan, rows), "intervals": intervals(plan)}
+    seeds = {"seed_groups": group_rows(plan, rows), "intervals": intervals(plan, plan.spec.intervals)}
     _write_results(plan, rows, sets, hw, seeds)
     (plan.out / "report.md").write_text(_report_md(plan, rows, sets, plots, hw, seeds))
     return {"report": plan.out / "report.md", "plots": list(plots.values()), "rows": rows}
