@@ -66,7 +66,7 @@ def pad_to(batch: dict, width: int, pad_id: int) -> dict:
 
 def step_args(args, method: str, steps: int, warmup: int) -> argparse.Namespace:
     """The namespace bench_step.worker_okd reads."""
-    return argparse.Namespace(method=method, lmbda=0.0, seed=args.seed, max_new_tokens=64, online_layers=None,
+    return argparse.Namespace(method=method, lmbda=0.0, seed=args.seed, max_new_tokens=64, online_layers="all",
                               batch_size=args.batch_size, max_length=args.max_length, steps=steps, warmup=warmup,
                               device="cpu", precision="fp32")
 

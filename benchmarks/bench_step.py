@@ -231,7 +231,7 @@ def worker_okd(args, setup: dict, out: Path) -> dict:
                             f"data.template={setup['template']}", f"method.name={args.method}",
                             f"method.lmbda={args.lmbda}", "method.beta=0.0", f"train.seed={args.seed}",
                             f"method.max_new_tokens={args.max_new_tokens}", f"output_dir={out}"]
-                      + ([f"online.layers={args.online_layers}"] if args.online_layers else [])
+                      + [f"online.layers={'null' if args.online_layers == 'all' else args.online_layers}"]
                       + ([f"teacher.dtype={args.teacher_dtype}"] if getattr(args, "teacher_dtype", None) else []))
     torch.manual_seed(args.seed)
     device = getattr(args, "device", "cpu")
@@ -372,7 +372,9 @@ def main() -> None:
     p.add_argument("--max-new-tokens", type=int, default=64)
     p.add_argument("--threads", type=int, default=1, help="torch threads per run (1: robust to a shared machine)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--online-layers", type=int, help="okd: online module on the top k teacher layers only")
+    p.add_argument("--online-layers", default="all",
+                   help="okd: online module on 'all' teacher layers (default, as the committed figures), the top k, "
+                        "or the top share f in (0, 1) (okd's default 0.25)")
     p.add_argument("--output", default="benchmarks/results/bench_step.json")
     p.add_argument("--baseline-code", metavar="DIR",
                    help="also run every okd config against the okd package in DIR (e.g. a git worktree of an older "
@@ -457,7 +459,7 @@ def main() -> None:
                "generated_per_step": statistics.median(r["generated"]) if r["generated"] else None,
                "peak_mb": round(max(r["peak_mb"]), 0)}
         impl, method, _ = CONFIGS[name.removesuffix("@before")]
-        if impl == "okd" and method in ("sft", "fkd", "okd") and not args.online_layers:
+        if impl == "okd" and method in ("sft", "fkd", "okd") and args.online_layers == "all":
             flops = step_flops(method, pt, ps, tok, statistics.median(r["scored"]))
             row["achieved_gflops"] = round(flops / med[name] / 1e9, 1)
             row["fraction_of_matmul_peak"] = round(flops / med[name] / peak, 3)

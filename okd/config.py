@@ -143,8 +143,9 @@ class OnlineConfig(Section):
     rank: AtLeastOne = 32
     lora_alpha: Positive = 32.0  # LoRA scale = lora_alpha / rank
     dropout: DropoutRate = 0.0
-    # None: every layer; k: the top k layers; a fraction f in (0, 1): the top ceil(f·n) of n layers; list: those
-    layers: AtLeastOne | OpenFraction | list[NonNegativeInt] | None = None
+    # None: every layer (the paper); k: the top k layers; a fraction f in (0, 1): the top ceil(f·n) of n layers;
+    # list: those. Default: the top quarter (docs/results.md: on every layer the module drifts off the data)
+    layers: AtLeastOne | OpenFraction | list[NonNegativeInt] | None = 0.25
     target_modules: list[str] | None = None  # None: the architecture's query/value projections
     alpha: Fraction = 0.5  # module loss = α·KL(q‖p′) + (1−α)·CE_teacher
     lr: Positive = 1e-4
