@@ -115,20 +115,20 @@ def test_sweeps_expand_and_dependencies_order(tiny_dirs, tiny_data, tmp_path):
     tree["runs"].insert(0, {"name": "minillm", "student_from": "sft", "overrides": {"method.name": "minillm"}})
     tree["sweeps"] = [
         {"name": "okd_rank", "base_run": "okd", "key": "online.rank", "values": [2, 4, 8]},
-        {"name": "okd_layers", "base_run": "okd", "key": "online.layers", "values": [None, 1],
-         "labels": ["all", "top1"]},
+        {"name": "okd_layers", "base_run": "okd", "key": "online.layers", "values": [0.25, 1],
+         "labels": ["quarter", "top1"]},
     ]
     plan = plan_grid(tree)
     names = [r.name for r in plan.runs]
     assert names[:2] == ["sft", "minillm"]  # right after the run its student comes from
-    assert names[-5:] == ["okd_rank_2", "okd_rank_4", "okd_rank_8", "okd_layers_all", "okd_layers_top1"]
+    assert names[-5:] == ["okd_rank_2", "okd_rank_4", "okd_rank_8", "okd_layers_quarter", "okd_layers_top1"]
     r2 = plan.run("okd_rank_2")
     assert r2.cfg.online.rank == 2 and r2.cfg.method.name == "okd" and r2.sweep == "okd_rank" and r2.sweep_value == 2
     assert r2.overrides == {"method.name": "okd", "online.rank": 2}
     assert r2.cfg.output_dir == str(tmp_path / "g" / "runs" / "okd_rank_2")
     assert plan.run("okd_layers_top1").cfg.online.layers == 1
     # values equal to the base run's config reuse it instead of training twice
-    assert plan.run("okd_rank_4").same_as == "okd" and plan.run("okd_layers_all").same_as == "okd"
+    assert plan.run("okd_rank_4").same_as == "okd" and plan.run("okd_layers_quarter").same_as == "okd"
     assert plan.run("okd_rank_8").same_as is None
     assert plan.run("minillm").cfg.student.path == str(tmp_path / "g" / "runs" / "sft" / "student")
 

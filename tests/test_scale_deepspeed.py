@@ -100,7 +100,8 @@ def test_deepspeed_zero3_two_processes_match_one_process(method, base_overrides,
     with clipping active (the online module's gradient norm is ~2 > train.max_grad_norm=1)."""
     _deepspeed_or_skip()
     common = [o for o in base_overrides if not o.startswith("output_dir=")] + [
-        f"method.name={method}", "train.max_steps=3", "data.group_by_length=false", "train.max_grad_norm=1"]
+        f"method.name={method}", "train.max_steps=3", "data.group_by_length=false", "train.max_grad_norm=1",
+        "online.layers=null"]  # the module on every layer: sharded, and its gradient norm above the clip
     if method == "fkd":
         common += [f"data.train={uneven_data}", f"data.valid={uneven_data}", "data.max_length=256"]
         parallel = ["train.batch_size=1", "train.grad_accum=2"]
@@ -145,7 +146,7 @@ def test_deepspeed_zero3_okd_checkpoint_and_resume(base_overrides, tmp_path):
     from okd.train.checkpoint import checkpoint_dirs, load_checkpoint
 
     common = [o for o in base_overrides if not o.startswith("output_dir=")] + [
-        "method.name=okd", "train.max_steps=5", "data.group_by_length=false", "train.max_grad_norm=1",
+        "method.name=okd", "online.layers=null", "train.max_steps=5", "data.group_by_length=false", "train.max_grad_norm=1",
         "train.save_every=2"]
     ref = train(build_config({}, common + ["train.batch_size=4", f"output_dir={tmp_path / 'one'}"]), progress=False)
     out = tmp_path / "zero3"

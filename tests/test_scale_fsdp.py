@@ -78,7 +78,7 @@ def test_fsdp_okd_checkpoint_and_resume(base_overrides, tiny_dirs, tmp_path):
     each step logged once. Also: the final online_module/ holds the adapter (peft alone would write an
     empty one from FSDP-wrapped module names)."""
     common = [o for o in base_overrides if not o.startswith("output_dir=")] + [
-        "method.name=okd", "train.max_steps=5", "data.group_by_length=false", "train.max_grad_norm=1",
+        "method.name=okd", "online.layers=null", "train.max_steps=5", "data.group_by_length=false", "train.max_grad_norm=1",
         "train.save_every=2"]
     ref = train(build_config({}, common + ["train.batch_size=4", f"output_dir={tmp_path / 'one'}"]), progress=False)
     out = tmp_path / "fsdp"
