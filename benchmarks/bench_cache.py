@@ -97,9 +97,8 @@ def load(overrides):
     cfg = build_config({}, overrides + ["method.name=fkd"])
     tok = load_tokenizer(cfg.student)
     teacher = load_model(cfg.teacher).requires_grad_(False)
-    split = load_split
-    train = split(cfg, cfg.data.train, "train", tok, cfg.data.train_limit, False)[1]
-    valid = split(cfg, cfg.data.valid, "valid", tok, cfg.data.valid_limit, False)[1]
+    train = load_split(cfg, cfg.data.train, "train", tok, cfg.data.train_limit, False)[1]
+    valid = load_split(cfg, cfg.data.valid, "valid", tok, cfg.data.valid_limit, False)[1]
     for i, f in enumerate(train):
         f["example_index"] = i
     return cfg, tok, teacher, train, valid

@@ -14,7 +14,7 @@ _API = ("train", "evaluate", "load_config")
 
 def __getattr__(name: str):
     # `okd.train` is also the training package: once it is imported, the package itself (made callable by
-    # okd.api) answers instead of this function
+    # okd/train/__init__.py) answers instead of this function
     if name in _API:
         import importlib
 

@@ -19,12 +19,12 @@ loading bars, the DeepSpeed accelerator notice) is off unless `verbose=True`.
 from __future__ import annotations
 
 import os
-import sys
 from pathlib import Path
 from typing import Any, Callable
 
-from okd.entry import TrainPackage, libraries_quiet, load_config
+from okd.entry import libraries_quiet, load_config
 from okd.errors import OkdError
+from okd.paths import status
 
 __all__ = ["evaluate", "load_config", "train"]
 
@@ -32,13 +32,10 @@ __all__ = ["evaluate", "load_config", "train"]
 def train(config: Any, overrides: list[str] | dict | None = None, *, resume: bool = False, progress: bool = True,
           verbose: bool = False) -> Path:
     """Train one run (okd train); returns its output directory (student/, metrics.jsonl, summary.json, ...)."""
-    cfg = load_config(config, overrides)
-    with libraries_quiet(verbose):
-        from okd.train import train as run_training
+    import importlib
 
-        _make_train_package_callable()
-        out = run_training(cfg, resume=resume, progress=progress)
-    return Path(out)
+    package = importlib.import_module("okd.train")  # callable: okd.entry.TrainPackage
+    return package(config, overrides, resume=resume, progress=progress, verbose=verbose)
 
 
 def _eval_settings(settings: dict, model: str, log: Callable[[str], None]):
@@ -62,7 +59,7 @@ def evaluate(model: str | Path, data: str | list[str], output: str | Path | None
     from okd.eval.runner import run_eval
     from okd.train.preflight import check_output_file
 
-    say = log or _stderr
+    say = log or status
     data = [str(data)] if isinstance(data, (str, os.PathLike)) else [str(d) for d in data]
     if not data:
         raise OkdError("evaluate(): give at least one data set")
@@ -77,16 +74,3 @@ def evaluate(model: str | Path, data: str | list[str], output: str | Path | None
     results["output"] = str(output)
     return results
 
-
-def _stderr(msg: str) -> None:
-    print(f"okd: {msg}", file=sys.stderr, flush=True)
-
-
-def _make_train_package_callable() -> None:
-    """`okd.train` is the callable package whichever of okd.api and okd.train was imported first."""
-    package = sys.modules.get("okd.train")
-    if package is not None and not isinstance(package, TrainPackage):
-        package.__class__ = TrainPackage
-
-
-_make_train_package_callable()  # okd.train imported before okd.api

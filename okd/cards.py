@@ -7,7 +7,7 @@ module's only where the run has one); `ensure_cards(run_dir)` rebuilds them from
 config.yaml and summary.json when they are missing (runs made before cards existed, `okd push`).
 
 `cfg` is an okd Config or its dict (`config.yaml`); `summary` is summary.json's dict. The module
-imports nothing above okd.errors, so the trainer (or anything else) can call it.
+imports nothing above okd.config, so the trainer (or anything else) can call it.
 """
 
 from __future__ import annotations
@@ -16,6 +16,8 @@ import json
 import sys
 from pathlib import Path
 from typing import Any
+
+from okd.config import get_dotted
 
 MARKER = "<!-- written by okd (okd/cards.py) -->"
 
@@ -27,14 +29,6 @@ def _tree(cfg: Any) -> dict:
         return cfg.model_dump(mode="json")
     raise TypeError(f"cfg must be an okd Config or a dict, got {type(cfg).__name__}")
 
-
-def _get(tree: dict, dotted: str, default: Any = None) -> Any:
-    node: Any = tree
-    for part in dotted.split("."):
-        if not isinstance(node, dict) or part not in node:
-            return default
-        node = node[part]
-    return node
 
 
 def _yaml_list(name: str, values: list[str]) -> list[str]:
@@ -65,9 +59,9 @@ def _training_lines(tree: dict, summary: dict) -> list[str]:
     teacher_mode = summary.get("teacher") or m.get("teacher") or "the method's default"
     lines = [f"- **method**: `{m.get('name')}` (divergence `{divergence}`, teacher `{teacher_mode}`, "
              f"temperature {m.get('temperature', 1.0)})",
-             f"- **teacher**: `{_get(tree, 'teacher.path')}`" + (f" (cache `{_get(tree, 'teacher.cache')}`)"
-                                                                  if _get(tree, "teacher.cache") else ""),
-             f"- **student initialisation**: `{_get(tree, 'student.path')}`",
+             f"- **teacher**: `{get_dotted(tree, 'teacher.path')}`" + (f" (cache `{get_dotted(tree, 'teacher.cache')}`)"
+                                                                  if get_dotted(tree, "teacher.cache") else ""),
+             f"- **student initialisation**: `{get_dotted(tree, 'student.path')}`",
              f"- **data**: train `{d.get('train')}`, valid `{d.get('valid')}`, template `{d.get('template')}`, "
              f"max length {d.get('max_length')}, max prompt length {d.get('max_prompt_length')}",
              f"- **budget**: {t.get('max_steps')} steps × batch {t.get('batch_size')} × grad accum "
@@ -89,11 +83,11 @@ def _command_lines(command: str | None) -> list[str]:
 def student_card(cfg: Any, summary: dict, command: str | None = None) -> str:
     """The text of student/README.md."""
     tree = _tree(cfg)
-    method = _get(tree, "method.name")
-    teacher = _get(tree, "teacher.path")
+    method = get_dotted(tree, "method.name")
+    teacher = get_dotted(tree, "teacher.path")
     meta = ["---", "library_name: transformers", "pipeline_tag: text-generation",
             *_yaml_list("tags", ["okd", "knowledge-distillation", f"okd-{method}"]),
-            *_yaml_list("base_model", [_get(tree, "student.path")] if _hub_like(_get(tree, "student.path")) else []),
+            *_yaml_list("base_model", [get_dotted(tree, "student.path")] if _hub_like(get_dotted(tree, "student.path")) else []),
             "---"]
     body = [MARKER, "", f"# Student distilled with okd (`{method}`)", "",
             f"A causal language model distilled from `{teacher}` with [okd](https://arxiv.org/abs/2409.12512) "
@@ -104,7 +98,7 @@ def student_card(cfg: Any, summary: dict, command: str | None = None) -> str:
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
             'model = AutoModelForCausalLM.from_pretrained("PATH_OR_REPO")',
             'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO")', "```", "",
-            f"Prompts were formatted with the `{_get(tree, 'data.template')}` template during training; "
+            f"Prompts were formatted with the `{get_dotted(tree, 'data.template')}` template during training; "
             "`okd eval --model PATH/student` uses it (and the run's prompt length) by itself.", ""]
     return "\n".join(meta + body)
 
@@ -112,7 +106,7 @@ def student_card(cfg: Any, summary: dict, command: str | None = None) -> str:
 def online_card(cfg: Any, summary: dict, command: str | None = None) -> str:
     """The text of online_module/README.md (instead of peft's empty template)."""
     tree = _tree(cfg)
-    teacher = _get(tree, "teacher.path")
+    teacher = get_dotted(tree, "teacher.path")
     o = tree.get("online") or {}
     meta = ["---", "library_name: peft", *_yaml_list("tags", ["okd", "knowledge-distillation", "lora", "online-module"]),
             *_yaml_list("base_model", [teacher] if _hub_like(teacher) else []), "---"]

@@ -65,7 +65,6 @@ Positive = Annotated[Float, _rule(lambda v: v > 0, "must be > 0")]
 Fraction = Annotated[Float, _rule(lambda v: 0.0 <= v <= 1.0, "must be between 0 and 1")]
 Probability = Annotated[Float, _rule(lambda v: 0.0 < v <= 1.0, "must be > 0 and <= 1")]
 DropoutRate = Annotated[Float, _rule(lambda v: 0.0 <= v < 1.0, "must be >= 0 and < 1")]
-OpenFraction = Annotated[Float, _rule(lambda v: 0.0 < v < 1.0, "must be > 0 and < 1")]
 AtLeastOne = Annotated[Int, _rule(lambda v: v >= 1, "must be >= 1")]
 NonNegativeInt = Annotated[Int, _rule(lambda v: v >= 0, "must be >= 0")]
 NonNegative = Annotated[Float, _rule(lambda v: v >= 0, "must be >= 0")]
@@ -145,7 +144,7 @@ class OnlineConfig(Section):
     dropout: DropoutRate = 0.0
     # None: every layer (the paper); k: the top k layers; a fraction f in (0, 1): the top ceil(f·n) of n layers;
     # list: those. Default: the top quarter (docs/results.md: on every layer the module drifts off the data)
-    layers: AtLeastOne | OpenFraction | list[NonNegativeInt] | None = 0.25
+    layers: AtLeastOne | Float | list[NonNegativeInt] | None = 0.25  # a float's range: _share_in_range
     target_modules: list[str] | None = None  # None: the architecture's query/value projections
     alpha: Fraction = 0.5  # module loss = α·KL(q‖p′) + (1−α)·CE_teacher
     lr: Positive = 1e-4

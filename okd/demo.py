@@ -17,7 +17,7 @@ and runs it in-process, with its own report in place of compare's; `okd compare 
 then gives compare's full report and plots.
 
 `okd demo --tiny` does the same with tiny random models built on the fly (the tiny teacher is fine-tuned
-first), 150 steps per method, in a minute or two; `--steps N` fixes the steps instead of a budget.
+first), 300 steps per method, in a minute or two; `--steps N` fixes the steps instead of a budget.
 """
 
 from __future__ import annotations
@@ -57,7 +57,6 @@ class DemoPlan:
     online_layers: int | None = None
     sample_tokens: int = 64  # greedy sample answers shown in the report
     title: str = "SmolLM2-135M-Instruct → 15-layer student"
-    student_layers: int = 15
 
 
 def _say(msg: str) -> None:
@@ -86,7 +85,7 @@ def prepare_real(out: Path, layers: int = 15) -> DemoPlan:
                     for split in ("train", "valid", "test")}
         _say("data: ShareGPT first turns with short answers (" + ", ".join(f"{k} {v}" for k, v in kept.items()) + ")")
     return DemoPlan(teacher=str(teacher), student=str(student), data=str(data), template="chat",
-                    mixed_precision="bf16" if bf16_is_fast() else "no", student_layers=layers,
+                    mixed_precision="bf16" if bf16_is_fast() else "no",
                     title=f"SmolLM2-135M-Instruct → {layers}-layer student")
 
 
@@ -140,7 +139,6 @@ def prepare_tiny(out: Path) -> DemoPlan:
                                 "data.template=plain", "data.max_length=64", f"train.max_steps={TINY_TEACHER_STEPS}",
                                 "train.batch_size=16", "train.lr=3e-3", "train.warmup_steps=10",
                                 f"output_dir={teacher_run}"]), resume=True, progress=False)
-        fix_permissions(teacher_run / "student")
     return DemoPlan(teacher=str(teacher_run / "student"), student=str(student), data=str(data),
                     template="plain", steps=TINY_STEPS, batch_size=16, max_length=64, lr=3e-3, eval_limit=40,
                     max_new_tokens=12, max_prompt_length=48, online_rank=8, sample_tokens=12, title="tiny")
@@ -295,7 +293,7 @@ def run_demo(out: str | Path = "runs/demo", *, tiny: bool = False, steps: int | 
              eval_limit: int | None = None, minutes: float | None = None) -> Path:
     """Prepare the models and data, size the budget, then train, evaluate and report the demo grid through
     okd compare. `steps` fixes the steps per method; otherwise `minutes` (default 12; the tiny demo uses
-    150 steps unless given minutes) sets them from measurements on this machine."""
+    300 steps unless given minutes) sets them from measurements on this machine."""
     from okd.compare import run_compare
 
     t0 = time.perf_counter()

@@ -66,3 +66,18 @@ def uneven_data(tmp_path_factory) -> Path:
     path = tmp_path_factory.mktemp("uneven") / "train.jsonl"
     path.write_text("".join(json.dumps(r) + "\n" for r in rows))
     return path
+
+
+@pytest.fixture(scope="module")
+def tok():
+    """The byte-level tokenizer of the tiny models (test_data.py has its own `tok`)."""
+    from okd.models.tiny import byte_tokenizer
+
+    return byte_tokenizer()
+
+
+@pytest.fixture(scope="module")
+def prompts(tok):
+    """Four prompts of different lengths for the generation tests."""
+    texts = ["Hello there", "Write a poem about the sea, please.", "x", "Two words"]
+    return [tok.encode(t) for t in texts]

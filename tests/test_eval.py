@@ -14,7 +14,7 @@ from okd.eval.rouge import rouge_l, rouge_l_per_example
 from okd.eval.runner import quick_rouge
 from okd.eval.teacher_forced import summarize, teacher_forced_stats
 from okd.generation import generate
-from okd.models.tiny import byte_tokenizer, save_tiny, tiny_model
+from okd.models.tiny import save_tiny, tiny_model
 
 SEED_TASKS = str(Path(__file__).resolve().parents[1] / "okd" / "data" / "seed_tasks.jsonl")  # shipped in the package
 
@@ -26,17 +26,6 @@ def one_thread():
     torch.set_num_threads(1)
     yield
     torch.set_num_threads(n)
-
-
-@pytest.fixture(scope="module")
-def tok():
-    return byte_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def prompts(tok):
-    texts = ["Hello there", "Write a poem about the sea, please.", "x", "Two words"]
-    return [tok.encode(t) for t in texts]
 
 
 @pytest.fixture(scope="module")

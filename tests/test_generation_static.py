@@ -18,17 +18,6 @@ from okd.methods.minillm import mixed_sample
 from okd.models.tiny import byte_tokenizer, tiny_model
 
 
-@pytest.fixture(scope="module")
-def tok():
-    return byte_tokenizer()
-
-
-@pytest.fixture(scope="module")
-def prompts(tok):
-    texts = ["Hello there", "Write a poem about the sea, please.", "x", "Two words"]
-    return [tok.encode(t) for t in texts]
-
-
 @pytest.fixture
 def quick_compile(monkeypatch):
     """torch.compile with the eager backend: dynamo traces the decode step as on GPU, in a second."""

@@ -19,10 +19,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from okd.config import Config
-from okd.errors import OkdError
 
-# what the cached rows depend on besides the tokenizer (checked at training): the teacher and the data
-TEACHER_KEYS = ("path", "gguf_file", "revision", "dtype", "trust_remote_code")
+# what the cached rows depend on besides the tokenizer (checked at training): the teacher (its whole
+# section but the cache itself) and these data keys (okd.models.teacher_cache.describe_config records them)
 DATA_KEYS = ("train", "valid", "template", "max_length", "skip_invalid", "train_limit", "valid_limit")
 
 
@@ -45,21 +44,13 @@ class TeacherCachePlan:
 
 
 def can_use_cache(cfg: Config) -> bool:
-    from okd.methods.cached import check_cache_method
+    from okd.methods.cached import cache_method_problem
 
-    if not cfg.teacher.path or cfg.teacher.cache:
-        return False
-    trial = cfg.model_copy(deep=True)
-    trial.teacher.cache = "-"
-    try:
-        check_cache_method(trial)
-    except OkdError:
-        return False
-    return True
+    return bool(cfg.teacher.path) and not cfg.teacher.cache and cache_method_problem(cfg) is None
 
 
 def cache_key(cfg: Config) -> dict:
-    return {"teacher": {k: getattr(cfg.teacher, k) for k in TEACHER_KEYS},
+    return {"teacher": cfg.teacher.model_dump(mode="json", exclude={"cache"}),
             "data": {k: getattr(cfg.data, k) for k in DATA_KEYS}}
 
 

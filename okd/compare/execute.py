@@ -170,16 +170,6 @@ def train_run(run: Run, *, isolate: bool, threads: int | None, progress: bool) -
         _train_inprocess(run, progress)
 
 
-def finish_run(run_dir: Path, command: str | None) -> None:
-    """Model cards where the trainer wrote none, and the umask's file modes for the saved models."""
-    from okd.cards import ensure_cards
-    from okd.paths import fix_permissions
-
-    ensure_cards(run_dir, command=command)
-    for sub in ("student", "online_module"):
-        fix_permissions(run_dir / sub)
-
-
 def _train_all(plan: Plan, selected: list[str], *, progress: bool, log: Log, elapsed: Callable[[], str]) -> None:
     spec = plan.spec
     todo = [r for r in plan.runs if r.name in selected]
@@ -200,7 +190,6 @@ def _train_all(plan: Plan, selected: list[str], *, progress: bool, log: Log, ela
             ensure_teacher_cache(cache, r.cfg, log)
         t0 = time.perf_counter()
         train_run(r, isolate=spec.isolate, threads=spec.threads, progress=progress)
-        finish_run(r.dir, f"okd compare -c {plan.source}" if plan.source else None)
         if not spec.keep_checkpoints:
             shutil.rmtree(r.dir / "checkpoints", ignore_errors=True)  # optimizer states: GBs per run
         s = json.loads((r.dir / "summary.json").read_text())

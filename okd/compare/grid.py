@@ -161,7 +161,7 @@ class Plan:
 
     def cache_of(self, run: Run) -> TeacherCachePlan | None:
         """The grid's shared teacher cache this run trains from, if any."""
-        return next((c for c in self.caches if run.name in c.runs), None)
+        return next((c for c in self.caches if str(c.path) == run.cfg.teacher.cache), None)
 
     def trained(self, run: Run) -> Run:
         """The run whose directory holds the result (itself, or the one it duplicates)."""

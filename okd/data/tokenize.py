@@ -32,6 +32,18 @@ def _bos_to_add(tokenizer) -> int | None:
     return bos if len(with_special) > len(without) and with_special[0] == bos else None
 
 
+def left_cut(ids: list[int], room: int, bos_id: int | None) -> list[int]:
+    """The last `room` tokens of a prompt, keeping a leading BOS in place (training features, rollout
+    prompts and prompts fitted to a model's context all cut this way)."""
+    if len(ids) <= room:
+        return ids
+    if room <= 0:
+        return []
+    if bos_id is not None and ids[0] == bos_id and room >= 2:
+        return [ids[0]] + ids[len(ids) - room + 1:]
+    return ids[len(ids) - room:]
+
+
 class _Encoder:
     """Holds what every example of one encoding pass shares (tokenizer, template, special ids)."""
 
@@ -72,14 +84,7 @@ class _Encoder:
         return ids
 
     def left_cut(self, ids: list[int], room: int) -> list[int]:
-        """The last `room` tokens of a prompt, keeping a leading BOS in place."""
-        if len(ids) <= room:
-            return ids
-        if room <= 0:
-            return []
-        if self.bos is not None and ids[0] == self.bos and room >= 2:
-            return [ids[0]] + ids[len(ids) - room + 1:]
-        return ids[len(ids) - room:]
+        return left_cut(ids, room, self.bos)
 
     def assemble(self, p: list[int], resp: list[int], stats: dict) -> dict | None:
         """One feature from prompt ids and response ids (no EOS yet), updating `stats` counts."""

@@ -13,6 +13,7 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Callable
 
+from okd.config import get_dotted
 from okd.errors import OkdError
 
 # eval setting -> the run's config key it follows
@@ -40,14 +41,8 @@ def run_settings(run_dir: Path) -> dict:
         tree = yaml.safe_load((run_dir / "config.yaml").read_text(encoding="utf-8")) or {}
     except (OSError, UnicodeDecodeError, yaml.YAMLError):
         return {}
-    out = {}
-    for key, dotted in FOLLOWED.items():
-        node = tree
-        for part in dotted.split("."):
-            node = node.get(part) if isinstance(node, dict) else None
-        if node is not None:
-            out[key] = node
-    return out
+    found = {key: get_dotted(tree, dotted) for key, dotted in FOLLOWED.items()}
+    return {key: v for key, v in found.items() if v is not None}
 
 
 def follow_run(model: str | Path, given: dict, log: Callable[[str], None] = print) -> tuple[str, dict]:
@@ -98,12 +93,6 @@ def fit_prompts(prompts: list[list[int]], context: int | None, new_tokens: int, 
         return prompts
     log(f"warning: {cut} of {len(prompts)} prompts cut to their last {room} tokens: the model's context is "
         f"{context} tokens and {what} is {new_tokens}")
-    return [_left_cut(p, room, bos) for p in prompts]
+    from okd.data import left_cut  # okd.data imports torch; the CLI loads this module without it
 
-
-def _left_cut(ids: list[int], room: int, bos: int | None) -> list[int]:
-    if len(ids) <= room:
-        return ids
-    if bos is not None and ids and ids[0] == bos and room >= 2:
-        return [ids[0]] + ids[len(ids) - room + 1:]
-    return ids[len(ids) - room:]
+    return [left_cut(p, room, bos) for p in prompts]

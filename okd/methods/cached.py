@@ -23,10 +23,8 @@ NEEDS_LIVE_TEACHER = {
 }
 
 
-def check_cache_method(cfg: Config) -> None:
-    """OkdError (one line) if `teacher.cache` is set for a method that needs the live teacher."""
-    if not cfg.teacher.cache:
-        return
+def cache_method_problem(cfg: Config) -> str | None:
+    """Why cfg's method cannot train from a teacher cache, or None if it can."""
     m = cfg.method
     why = NEEDS_LIVE_TEACHER.get(m.name)
     if m.name == "sft":
@@ -38,9 +36,14 @@ def check_cache_method(cfg: Config) -> None:
     elif m.name == "distillm" and _distillm_may_generate(cfg):
         why = ("it may switch to student samples (method.replay_init_prob > 0, or a probability that rises with "
                "data.valid, train.eval_every, method.replay_step and method.replay_max_prob > 0)")
-    if why:
-        raise OkdError(f"teacher.cache does not combine with method.name={m.name}: {why}; unset teacher.cache "
-                       "(or use fkd, rkd, jsd, tvd, gkd with lmbda=0, distillm on ground truth)")
+    return why
+
+
+def check_cache_method(cfg: Config) -> None:
+    """OkdError (one line) if `teacher.cache` is set for a method that needs the live teacher."""
+    if cfg.teacher.cache and (why := cache_method_problem(cfg)):
+        raise OkdError(f"teacher.cache does not combine with method.name={cfg.method.name}: {why}; unset "
+                       "teacher.cache (or use fkd, rkd, jsd, tvd, gkd with lmbda=0, distillm on ground truth)")
 
 
 def _distillm_may_generate(cfg: Config) -> bool:

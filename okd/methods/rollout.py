@@ -18,7 +18,7 @@ import contextlib
 
 import torch
 
-from okd.data import IGNORE_INDEX
+from okd.data import IGNORE_INDEX, left_cut
 
 
 def batch_prompts(batch: dict, max_prompt_length: int | None = None, bos_id: int | None = None) -> list[list[int]]:
@@ -32,15 +32,6 @@ def batch_prompts(batch: dict, max_prompt_length: int | None = None, bos_id: int
     if max_prompt_length:
         prompts = [left_cut(p, max_prompt_length, bos_id) for p in prompts]
     return prompts
-
-
-def left_cut(ids: list[int], room: int, bos_id: int | None) -> list[int]:
-    """The last `room` tokens, keeping a leading BOS in place (as okd.data does for prompts)."""
-    if len(ids) <= room:
-        return ids
-    if bos_id is not None and ids and ids[0] == bos_id and room >= 2:
-        return [ids[0]] + ids[len(ids) - room + 1:]
-    return ids[len(ids) - room:]
 
 
 def targets_of(result, eos_id: int) -> list[list[int]]:

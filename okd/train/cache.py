@@ -14,7 +14,7 @@ def build_teacher_cache(cfg: Config, output: str | Path, *, top_k: int | str, te
                         progress: bool = True) -> dict:
     """Score cfg.data.train (and data.valid) with cfg.teacher into `output`; returns the manifest.
     top_k: a number of tokens or 'all'. method.temperature is always among the stored tail temperatures."""
-    from okd.models.loading import load_model, load_tokenizer, output_weight
+    from okd.models.loading import check_embeddings, check_same_vocab, load_model, load_tokenizer
     from okd.models.teacher_cache import SHARD_EXAMPLES, build_cache, check_top_k, describe_config
     from okd.train.setup import load_split  # the trainer's tokenisation and order of features
 
@@ -23,8 +23,8 @@ def build_teacher_cache(cfg: Config, output: str | Path, *, top_k: int | str, te
     if not cfg.data.train:
         raise OkdError("data.train is not set; give the training data the cache is for")
     tokenizer = load_tokenizer(cfg.student if cfg.student.path else cfg.teacher)  # the trainer's tokenizer
-    if cfg.student.path and load_tokenizer(cfg.teacher).get_vocab() != tokenizer.get_vocab():
-        raise OkdError("teacher and student tokenizers differ; KD (and its cache) needs the same vocabulary")
+    if cfg.student.path:
+        check_same_vocab(load_tokenizer(cfg.teacher), tokenizer)
     vocab = len(tokenizer)
     top_k = check_top_k(vocab if top_k == "all" else top_k, vocab)
     splits = {"train": load_split(cfg, cfg.data.train, "train", tokenizer, cfg.data.train_limit, progress)[1]}
@@ -33,8 +33,7 @@ def build_teacher_cache(cfg: Config, output: str | Path, *, top_k: int | str, te
     depends_on = describe_config(cfg, tokenizer)
     teacher = load_model(cfg.teacher)
     teacher.requires_grad_(False)
-    if output_weight(teacher).shape[0] < vocab:
-        raise OkdError(f"teacher output layer has {output_weight(teacher).shape[0]} rows but the tokenizer has {vocab}")
+    check_embeddings(teacher, tokenizer, "teacher")
     return build_cache(output, teacher=teacher, tokenizer=tokenizer, splits=splits, depends_on=depends_on,
                        vocab_size=vocab, top_k=top_k, temperatures=[cfg.method.temperature, *temperatures],
                        value_dtype=dtype, batch_size=batch_size, shard_examples=shard_examples or SHARD_EXAMPLES,
