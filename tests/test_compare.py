@@ -110,6 +110,32 @@ def test_changed_config_refuses_stale_run(finished):
         run_compare(tree, dry_run=True)
 
 
+def test_only_trains_what_a_run_needs_and_evaluates_what_it_names(tiny_dirs, tiny_data, tmp_path, monkeypatch):
+    """Two processes given different --only names (the 2-core recipe) never evaluate the same model:
+    a run's dependencies are trained if missing but evaluated only when named, reference rows only
+    when named."""
+    import okd.compare.execute as execute
+
+    evaluated: list[str] = []
+    monkeypatch.setattr(execute, "evaluate_model", lambda plan, label, model, **kw: evaluated.append(label) or [])
+    tree = _grid(tiny_dirs, tiny_data, tmp_path / "grid")
+    tree["runs"] = [{"name": "warm", "overrides": {"method.name": "sft"}},
+                    {"name": "fkd", "student_from": "warm", "overrides": {"method.name": "fkd"}}]
+    tree["eval"].pop("exposure")
+    log: list[str] = []
+    run_compare(copy.deepcopy(tree), only=["fkd"], log=log.append)
+    assert evaluated == ["fkd"] and (tmp_path / "grid" / "runs" / "warm" / "summary.json").is_file()
+    assert any("also training warm if missing" in m for m in log)
+    evaluated.clear()
+    run_compare(copy.deepcopy(tree), only=["teacher", "warm"], log=log.append)
+    assert evaluated == ["teacher", "warm"]
+    evaluated.clear()
+    run_compare(copy.deepcopy(tree), log=log.append)  # no --only: everything (nothing trained again)
+    assert evaluated == ["teacher", "warm", "fkd"]
+    with pytest.raises(OkdError, match=r"--only: no run named 'student_init' .*runs: warm, fkd, teacher$"):
+        run_compare(copy.deepcopy(tree), only=["student_init"], log=log.append)
+
+
 def test_sweeps_expand_and_dependencies_order(tiny_dirs, tiny_data, tmp_path):
     tree = _grid(tiny_dirs, tiny_data, tmp_path / "g")
     tree["runs"].insert(0, {"name": "minillm", "student_from": "sft", "overrides": {"method.name": "minillm"}})

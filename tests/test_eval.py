@@ -103,6 +103,46 @@ def test_generate_with_peft_and_restores_mode(tok, prompts):
     assert m.training and len(res.sequences) == len(prompts)
 
 
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_generate_seeds_reads_prompts_once_and_matches_separate_calls(arch, tok):
+    """Evaluation's S samples per prompt: one call, the prompt prefix read once per batch, and per seed
+    the very tokens S separate seeded calls give (each seed keeps its own RNG stream across batches)."""
+    import functools
+
+    from okd.generation import generate_seeds
+
+    m = tiny_model(arch, seed=0)
+    widths = []
+    forward = m.forward
+
+    @functools.wraps(forward)  # generate reads the forward's signature
+    def spy(*args, **kwargs):
+        widths.append(kwargs["input_ids"].shape[1])
+        return forward(*args, **kwargs)
+
+    m.forward = spy
+    long = [tok.encode(t) for t in ["Hello there", "Write a poem about the sea, please.", "xy", "Two words", "ab"]]
+    one = [tok.encode("x"), tok.encode("y")]  # one-token prompts: no prefix to share, read per seed
+    for prompts in (long, long + one[:1], one):
+        for greedy in (False, True):
+            widths.clear()
+            separate = [generate(m, tok, prompts, max_new_tokens=10, seed=k, batch_size=2, greedy=greedy)
+                        for k in range(3)]
+            read_separately = sum(widths)
+            widths.clear()
+            joint = generate_seeds(m, tok, prompts, seeds=[0, 1, 2], max_new_tokens=10, batch_size=2, greedy=greedy)
+            assert [g.sequences for g in joint] == [g.sequences for g in separate]
+            assert [g.finished for g in joint] == [g.finished for g in separate]
+            assert [g.num_tokens for g in joint] == [g.num_tokens for g in separate]
+            if not greedy:
+                assert joint[0].sequences != joint[1].sequences  # the seeds are distinct streams
+            # each batch's prefix is read once instead of three times
+            assert (sum(widths) < read_separately) == (prompts is not one)
+    assert generate_seeds(m, tok, [], seeds=[0, 1], max_new_tokens=3)[1].sequences == []
+    with pytest.raises(ValueError, match="seeds"):
+        generate_seeds(m, tok, long, seeds=[None, None], max_new_tokens=3)
+
+
 # ------------------------------------------------------------------ exposure bias
 
 def test_exacc_err_hand_values_and_zero_conventions():

@@ -45,7 +45,7 @@ def register(sub) -> None:
     p.add_argument("-c", "--config", required=True, metavar="GRID.yaml", help="grid file")
     p.add_argument("--dry-run", action="store_true", help="validate the grid and show what would run; run nothing")
     p.add_argument("--only", nargs="+", metavar="NAME",
-                   help="train/evaluate only these runs (and the runs they depend on); the report covers all")
+                   help="train and evaluate only these runs and reference rows (teacher, student_init); the runs they need are trained too, not evaluated; the report covers all")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from what exists; train nothing")
     p.add_argument("--progress", action="store_true", help="show the training/eval progress bars")
     p.set_defaults(func=run)

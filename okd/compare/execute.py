@@ -14,6 +14,7 @@ import shutil
 import subprocess
 import sys
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Callable
 
@@ -229,15 +230,15 @@ def evaluate_model(plan: Plan, label: str, model: str, *, exposure: bool, log: L
     return done
 
 
-def _models_to_evaluate(plan: Plan, selected: list[str]) -> list[tuple[str, str, bool]]:
-    """(label, model path, with exposure bias) for the reference rows and each trained selected run."""
+def _models_to_evaluate(plan: Plan, selection: "Selection") -> list[tuple[str, str, bool]]:
+    """(label, model path, with exposure bias) for the selected reference rows and trained runs."""
     xruns = exposure_runs(plan)
     models = [(ref, plan.teacher if ref == "teacher" else plan.student_init, False)
-              for ref in plan.spec.eval.references]
+              for ref in plan.spec.eval.references if ref in selection.references]
     seen: set[str] = set()
     for r in plan.runs:
         t = plan.trained(r)
-        if r.name not in selected or t.name in seen:
+        if r.name not in selection.evaluate or t.name in seen:
             continue
         seen.add(t.name)
         models.append((t.name, str(t.dir / "student"),
@@ -246,8 +247,8 @@ def _models_to_evaluate(plan: Plan, selected: list[str]) -> list[tuple[str, str,
     return models
 
 
-def _eval_all(plan: Plan, selected: list[str], *, log: Log, elapsed: Callable[[], str]) -> None:
-    models = _models_to_evaluate(plan, selected)
+def _eval_all(plan: Plan, selection: "Selection", *, log: Log, elapsed: Callable[[], str]) -> None:
+    models = _models_to_evaluate(plan, selection)
     for i, (label, model, exposure) in enumerate(models, start=1):
         head = f"eval {i}/{len(models)} {label}"
         if not eval_current(plan.out / "eval" / f"{label}.json", eval_settings(plan, False)) or \
@@ -262,17 +263,29 @@ def _eval_all(plan: Plan, selected: list[str], *, log: Log, elapsed: Callable[[]
 
 # ----------------------------------------------------------------------------- the command
 
-def _select(plan: Plan, only: list[str] | None, *, dry_run: bool, log: Log) -> list[str]:
-    """The runs to work on: all, or --only's and the runs they need (the run they duplicate, the run
-    their student comes from)."""
-    selected = [r.name for r in plan.runs]
+@dataclass
+class Selection:
+    """What one call works on: the runs to train (the named ones and the runs they need), the runs and
+    reference rows to evaluate (the named ones only, so two processes given different names never
+    evaluate the same model)."""
+
+    train: list[str]
+    evaluate: set[str]
+    references: set[str]
+
+
+def _select(plan: Plan, only: list[str] | None, *, dry_run: bool, log: Log) -> Selection:
+    """All runs and reference rows, or --only's names and the runs they need (the run they duplicate,
+    the run their student comes from), trained but evaluated only where named."""
+    names = [r.name for r in plan.runs]
+    refs = set(plan.spec.eval.references) if plan.spec.eval is not None else set()
     if not only:
-        return selected
-    unknown = [n for n in only if n not in selected]
+        return Selection(names, set(names), refs)
+    unknown = [n for n in only if n not in names and n not in refs]
     if unknown:
         raise OkdError(f"--only: no run named {', '.join(map(repr, unknown))} in the grid; runs: "
-                       f"{', '.join(selected)}")
-    wanted = set(only)
+                       f"{', '.join(names)}{''.join(f', {r}' for r in sorted(refs))}")
+    wanted = {n for n in only if n in names}
     changed = True
     while changed:
         changed = False
@@ -284,8 +297,9 @@ def _select(plan: Plan, only: list[str] | None, *, dry_run: bool, log: Log) -> l
                         changed = True
     added = sorted(wanted - set(only))
     if added and not dry_run:
-        log(f"--only: also running {', '.join(added)} (needed by the selected runs)")
-    return [r.name for r in plan.runs if r.name in wanted]
+        log(f"--only: also training {', '.join(added)} if missing (needed by the selected runs; "
+            f"evaluated only when named)")
+    return Selection([n for n in names if n in wanted], set(only) & set(names), set(only) & refs)
 
 
 def run_compare(grid: str | Path | dict, *, only: list[str] | None = None, dry_run: bool = False,
@@ -300,10 +314,10 @@ def run_compare(grid: str | Path | dict, *, only: list[str] | None = None, dry_r
         import torch
 
         torch.set_num_threads(plan.spec.threads)
-    selected = _select(plan, only, dry_run=dry_run, log=log)
+    selection = _select(plan, only, dry_run=dry_run, log=log)
     if not report_only:
         for r in plan.runs:
-            if r.name in selected and not r.same_as:
+            if r.name in selection.train and not r.same_as:
                 check_run_config(r)
     if dry_run:
         print(describe_plan(plan))
@@ -319,9 +333,9 @@ def run_compare(grid: str | Path | dict, *, only: list[str] | None = None, dry_r
         shutil.copyfile(plan.source, plan.out / "grid.yaml")  # what produced this directory
     if not report_only:
         ensure_student_inits(plan, log)
-        _train_all(plan, selected, progress=progress, log=log, elapsed=elapsed)
+        _train_all(plan, selection.train, progress=progress, log=log, elapsed=elapsed)
         if plan.spec.eval is not None:
-            _eval_all(plan, selected, log=log, elapsed=elapsed)
+            _eval_all(plan, selection, log=log, elapsed=elapsed)
     if report is not None:
         report(plan)
         return plan

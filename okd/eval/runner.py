@@ -18,7 +18,7 @@ from okd.errors import OkdError
 from okd.eval.config import EvalConfig
 from okd.eval.follow import context_length, fit_prompts, locate_run, shared_context
 from okd.eval.rouge import rouge_l_per_example
-from okd.generation import generate, pad_id
+from okd.generation import generate, generate_seeds, pad_id
 
 _log = logging.getLogger(__name__)
 
@@ -108,10 +108,11 @@ def _sample_and_score(model, tok, examples, prompts, name: str, output: Path, s:
     refs = [ex.response for ex in examples]
     entry: dict = {"examples": len(examples), "predictions": []}
     per_run, tokens, gen_s = [], 0, 0.0
-    for run_name, seed in runs:
-        gen = generate(model, tok, prompts, max_new_tokens=s.max_new_tokens, temperature=s.temperature,
-                       top_p=s.top_p, top_k=s.top_k, greedy=s.greedy, seed=seed, batch_size=s.batch_size,
-                       progress=progress)
+    # every seed in one call: each batch's prompts are read once for all seeds (okd.generation)
+    gens = generate_seeds(model, tok, prompts, seeds=[seed for _, seed in runs], max_new_tokens=s.max_new_tokens,
+                          temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, greedy=s.greedy,
+                          batch_size=s.batch_size, progress=progress)
+    for (run_name, seed), gen in zip(runs, gens):
         scores = rouge_l_per_example(gen.texts, refs)
         per_run.append(sum(scores) / len(scores))
         tokens, gen_s = tokens + gen.num_tokens, gen_s + gen.elapsed_s
