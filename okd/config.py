@@ -24,6 +24,7 @@ METHODS = ("sft", "fkd", "rkd", "jsd", "tvd", "seqkd", "imitkd", "gkd", "distill
 GENERATING_METHODS = ("seqkd", "imitkd", "gkd", "distillm", "minillm")
 # The distribution divergences of okd.losses.token_divergence (DESIGN.md §1); a method may also train on "ce".
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd", "skl", "srkl")
+MODULE_KL_WEIGHTS = ("uniform", "teacher_miss")  # online.kl_weight (okd.losses.closed_form.module_kl_weight)
 
 # What each method trains with when `method.divergence` / `method.teacher` are left unset.
 METHOD_DEFAULTS: dict[str, tuple[str, str]] = {
@@ -147,6 +148,9 @@ class OnlineConfig(Section):
     layers: AtLeastOne | Float | list[NonNegativeInt] | None = 0.25  # a float's range: _share_in_range
     target_modules: list[str] | None = None  # None: the architecture's query/value projections
     alpha: Fraction = 0.5  # module loss = α·KL(q‖p′) + (1−α)·CE_teacher
+    # Beyond the paper: each token's KL(q‖p′) weighted by w. uniform: w = 1; teacher_miss: w = 1 − p′(y), a
+    # constant, so the module bends the teacher toward the student only where the teacher itself misses the data
+    kl_weight: Literal[MODULE_KL_WEIGHTS] = "uniform"  # type: ignore[valid-type]
     lr: Positive = 1e-4
     weight_decay: NonNegative = 0.0
     # Beyond the paper (docs/results.md): the module alone trains for the first k steps, adapting the teacher

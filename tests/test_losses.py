@@ -472,7 +472,7 @@ def test_chunked_without_teacher():
 # -----------------------------------------------------------------------------
 # closed-form gradients (KDClosedForm) against autograd of token_divergence / token_ce
 
-def autograd_pair(kind, zs, zt, y, temperature, scale, ce_weight, module_alpha):
+def autograd_pair(kind, zs, zt, y, temperature, scale, ce_weight, module_alpha, kl_weight="uniform"):
     """The reference: the same objectives through autograd, each loss w.r.t. its own logits."""
     zs, zt = zs.detach().requires_grad_(), zt.detach().requires_grad_()
     s = scale * token_divergence(kind, zs, zt.detach(), temperature=temperature)
@@ -481,8 +481,11 @@ def autograd_pair(kind, zs, zt, y, temperature, scale, ce_weight, module_alpha):
     (g_s,) = torch.autograd.grad(s.sum(), zs)
     if module_alpha is None:
         return s.detach(), None, g_s, None
-    t = module_alpha * scale * token_divergence("rkl", zs.detach(), zt, temperature=temperature) \
-        + (1 - module_alpha) * token_ce(zt, y)
+    kl = token_divergence("rkl", zs.detach(), zt, temperature=temperature)
+    if kl_weight == "teacher_miss":  # 1 − p_T(y) at τ = 1, read off the softmax; 0 at ignored labels
+        p_y = torch.softmax(zt.detach().double(), -1).gather(-1, y.clamp(min=0)[:, None]).squeeze(-1)
+        kl = kl * ((1 - p_y) * (y != -100)).float()
+    t = module_alpha * scale * kl + (1 - module_alpha) * token_ce(zt, y)
     (g_t,) = torch.autograd.grad(t.sum(), zt)
     return s.detach(), t.detach(), g_s, g_t
 
@@ -490,21 +493,49 @@ def autograd_pair(kind, zs, zt, y, temperature, scale, ce_weight, module_alpha):
 @pytest.mark.parametrize("kind", KDClosedForm.KINDS)
 @pytest.mark.parametrize("temperature", [1.0, 2.0])
 @pytest.mark.parametrize("ce_weight", [0.0, 0.3])
-@pytest.mark.parametrize("module_alpha", [None, 0.4])
-def test_closed_form_matches_autograd(kind, temperature, ce_weight, module_alpha):
+@pytest.mark.parametrize("module_alpha,kl_weight", [(None, "uniform"), (0.4, "uniform"), (0.4, "teacher_miss")])
+def test_closed_form_matches_autograd(kind, temperature, ce_weight, module_alpha, kl_weight):
     zs, zt = logits(23, 40, scale=3.0, seed=21), logits(23, 40, scale=3.0, seed=22)
     y = okd_labels()[:23].clone() % 40  # includes ignored (-100) positions
     y[::5] = -100
     fn = KDClosedForm(kind, temperature=temperature, scale=temperature**2, ce_weight=ce_weight,
-                      module_alpha=module_alpha, module_scale=temperature**2)
+                      module_alpha=module_alpha, module_scale=temperature**2, module_kl_weight=kl_weight)
     out = fn.with_grads(zs, zt, y)
-    ref = autograd_pair(kind, zs, zt, y, temperature, temperature**2, ce_weight, module_alpha)
+    ref = autograd_pair(kind, zs, zt, y, temperature, temperature**2, ce_weight, module_alpha, kl_weight)
     for a, b in zip(out, ref):
         if b is None:
             assert a is None
         else:
             assert a.dtype == torch.float32
             assert_rel_close(a, b)
+
+
+def test_okd_module_loss_kl_weight_autograd_path_equals_closed_form():
+    """online.kl_weight teacher_miss through OnlineTeacherKD.module_token_loss (the autograd path,
+    used for divergences without a closed form) gives the closed form's module loss; uniform is the paper's."""
+    from types import SimpleNamespace
+
+    from okd.config import Config
+    from okd.methods.okd import OnlineTeacherKD
+
+    zs, zt = logits(23, 40, scale=3.0, seed=31), logits(23, 40, scale=3.0, seed=32)
+    y = okd_labels()[:23].clone() % 40
+    for weight in ("uniform", "teacher_miss"):
+        cfg = Config.model_validate({"method": {"name": "okd", "temperature": 2.0},
+                                     "online": {"alpha": 0.3, "kl_weight": weight}})
+        method = SimpleNamespace(cfg=cfg, tau2=4.0)
+        got = OnlineTeacherKD.module_token_loss(method, zs, zt, y)
+        _, want, _, _ = KDClosedForm("fkl", temperature=2.0, scale=4.0, module_alpha=0.3, module_scale=4.0,
+                                     module_kl_weight=weight).with_grads(zs, zt, y, need=(False, False))
+        assert_rel_close(got, want)
+    uniform = OnlineTeacherKD.module_token_loss(
+        SimpleNamespace(cfg=Config.model_validate({"online": {"alpha": 0.3}}), tau2=1.0), zs, zt, y)
+    weighted = OnlineTeacherKD.module_token_loss(
+        SimpleNamespace(cfg=Config.model_validate({"online": {"alpha": 0.3, "kl_weight": "teacher_miss"}}), tau2=1.0),
+        zs, zt, y)
+    assert (weighted <= uniform + 1e-6).all() and (weighted < uniform - 1e-4).any()  # w in [0, 1]
+    with pytest.raises(ValueError, match="module_kl_weight"):
+        KDClosedForm("fkl", module_alpha=0.3, module_kl_weight="hard")
 
 
 @pytest.mark.parametrize("kind", KDClosedForm.KINDS)

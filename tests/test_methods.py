@@ -90,6 +90,26 @@ def test_divergence_methods_with_online_teacher(name, base_overrides):
     assert (out / "online_module" / "adapter_config.json").is_file()
 
 
+def test_online_module_options_beyond_the_paper(base_overrides):
+    """online.warmup_steps: the module alone trains first (the student's weights do not move); online.lr_schedule
+    constant: the module's lr stays online.lr after the shared warm-up; online.kl_weight teacher_miss trains."""
+    from safetensors.torch import load_file
+
+    out = train(build_config({}, _run_overrides(
+        base_overrides, "okd", **{"train.max_steps": 4, "train.warmup_steps": 1, "online.warmup_steps": 2,
+                                  "online.lr_schedule": "constant", "online.lr": 2e-3,
+                                  "online.kl_weight": "teacher_miss", "train.save_every": 2,
+                                  "train.keep_checkpoints": 3})), progress=False)
+    records = _records(out)
+    assert [r["lr_online"] for r in records[1:]] == [pytest.approx(2e-3)] * 3  # constant after warm-up
+    assert all(torch.isfinite(torch.tensor(r["loss_online"])) for r in records)
+    init = load_model(build_config({}, base_overrides).student).state_dict()
+    at2 = load_file(str(out / "checkpoints" / "step-0000002" / "student.safetensors"))
+    at4 = load_file(str(out / "student" / "model.safetensors"))
+    key = next(k for k in at2 if k.endswith("q_proj.weight"))
+    assert torch.equal(at2[key], init[key]) and not torch.equal(at4[key], init[key])
+
+
 @pytest.mark.parametrize("name", ["seqkd", "minillm"])
 def test_online_teacher_refused_where_meaningless(name, base_overrides, tmp_path):
     cfg = build_config({}, _run_overrides(base_overrides, name, **{"method.teacher": "online"}))

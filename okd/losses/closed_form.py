@@ -13,17 +13,26 @@ Each is checked against autograd of token_divergence / token_ce in tests/test_lo
 import torch
 import torch.nn.functional as F
 
-from okd.config import DIVERGENCES
+from okd.config import DIVERGENCES, MODULE_KL_WEIGHTS
 from okd.losses.chunked import CHUNK_SIZE, chunked_pair_loss
 from okd.losses.divergence import _check_weight, _compute_dtype, token_divergence
 from okd.losses.protocol import ClosedFormLoss
+
+def module_kl_weight(ce_teacher, keep):
+    """w = 1 − p_T(y) per token from the teacher's CE on the label (τ = 1), 0 where no label: the
+    weight of KL(q‖p′) in OKD's module loss with online.kl_weight "teacher_miss" (a constant: no
+    gradient flows through it)."""
+    return (1.0 - torch.exp(-ce_teacher.detach())) * keep
+
 
 class KDClosedForm(ClosedFormLoss):
     """Per-token KD losses with their logit gradients, for chunked_pair_loss (no autograd).
 
     Student loss:       scale·D(p, q) + ce_weight·CE(z_S, y),  D = KL(p‖q) ("fkl") or KL(q‖p) ("rkl")
     Teacher loss (with module_alpha set, the OKD online module):
-                        module_alpha·module_scale·KL(q‖p) + (1 − module_alpha)·CE(z_T, y)
+                        module_alpha·module_scale·w·KL(q‖p) + (1 − module_alpha)·CE(z_T, y)
+                        w = 1 (module_kl_weight "uniform", the paper) or w = 1 − p_T(y) at τ = 1, a
+                        constant ("teacher_miss": the teacher's probability of missing the label)
     `with_grads(zs, zt, y, need=(student_grad, teacher_grad))` returns (student_per_token,
     teacher_per_token | None, d student_sum/d zs | None, d teacher_sum/d zt | None).
     """
@@ -31,7 +40,7 @@ class KDClosedForm(ClosedFormLoss):
     KINDS = ("fkl", "rkl")
 
     def __init__(self, kind="fkl", *, temperature=1.0, scale=1.0, ce_weight=0.0, module_alpha=None,
-                 module_scale=1.0, ignore_index=-100):
+                 module_scale=1.0, module_kl_weight="uniform", ignore_index=-100):
         if kind not in self.KINDS:
             raise ValueError(f"closed form covers {', '.join(self.KINDS)}, not {kind!r}")
         if not temperature > 0:
@@ -39,7 +48,10 @@ class KDClosedForm(ClosedFormLoss):
         if module_alpha is not None:
             _check_weight("module_alpha", module_alpha)
         self.kind, self.tau, self.scale, self.ce_weight = kind, float(temperature), scale, ce_weight
+        if module_kl_weight not in MODULE_KL_WEIGHTS:
+            raise ValueError(f"module_kl_weight must be one of {', '.join(MODULE_KL_WEIGHTS)}, got {module_kl_weight!r}")
         self.module_alpha, self.module_scale, self.ignore_index = module_alpha, module_scale, ignore_index
+        self.module_kl_weight = module_kl_weight
 
     def _ce(self, log_s, y):
         """CE per token from log_softmax(z) (τ = 1), and the kept-label mask and safe indices."""
@@ -86,9 +98,12 @@ class KDClosedForm(ClosedFormLoss):
         if want_s and self.kind == "rkl":  # q ∘ (log q − log p − KL(q‖p)) / τ
             g_s = (d + kl_q_p[:, None]).mul_(q).masked_fill_(q == 0, 0.0).mul_(-c)
         del d
-        if module and want_t:  # α·m·(p − q)/τ + (1 − α)(softmax(z_T) − e_y)
+        w = module_kl_weight(ce_t[0], ce_t[1]) if module and self.module_kl_weight == "teacher_miss" else None
+        if module and want_t:  # α·m·w·(p − q)/τ + (1 − α)(softmax(z_T) − e_y)
             a, m = self.module_alpha, self.module_scale
             g_t = (p - q).mul_(a * m / tau)
+            if w is not None:
+                g_t.mul_(w[:, None].to(dtype))
             g_t.addcmul_(soft_t, ce_t[1][:, None].to(dtype), value=1.0 - a)
             self._sub_onehot(g_t, 1.0 - a, ce_t[1], ce_t[2])
         if want_s and self.kind == "fkl":  # (q − p)/τ, in q's buffer unless q is still needed
@@ -100,7 +115,8 @@ class KDClosedForm(ClosedFormLoss):
             s_loss = s_loss + self.ce_weight * ce_s[0]
         t_loss = None
         if module:
-            t_loss = self.module_alpha * self.module_scale * kl_q_p + (1.0 - self.module_alpha) * ce_t[0]
+            kl_term = kl_q_p if w is None else w * kl_q_p
+            t_loss = self.module_alpha * self.module_scale * kl_term + (1.0 - self.module_alpha) * ce_t[0]
         return s_loss, t_loss, g_s, g_t
 
 

@@ -31,7 +31,7 @@ def student_token_loss(method: Method, zs, zt, y):
     return loss
 
 
-def closed_form_loss(method: Method, module_alpha=None):
+def closed_form_loss(method: Method, module_alpha=None, module_kl_weight="uniform"):
     """The same objective (and, with module_alpha, OKD's module loss) with analytic logit gradients,
     or None where the divergence has no closed form here (then autograd of student_token_loss)."""
     m = method.cfg.method
@@ -41,7 +41,7 @@ def closed_form_loss(method: Method, module_alpha=None):
     if kind not in KDClosedForm.KINDS:
         return None
     return KDClosedForm(kind, temperature=m.temperature, scale=method.tau2, ce_weight=m.ce_weight,
-                        module_alpha=module_alpha, module_scale=method.tau2)
+                        module_alpha=module_alpha, module_scale=method.tau2, module_kl_weight=module_kl_weight)
 
 
 class FrozenTeacherKD(Method):

@@ -5,7 +5,8 @@ ground-truth batch (no generation):
 
   1. one forward of the teacher with the module, giving p′ = softmax(z_T′/τ), and one forward of
      the student, giving q = softmax(z_S/τ);
-  2. online-module loss   L_t = α·τ²·KL(q ‖ p′) + (1−α)·CE_teacher(y)     (q detached)
+  2. online-module loss   L_t = α·τ²·KL(q ‖ p′) + (1−α)·CE_teacher(y)     (q detached; beyond the
+     paper, online.kl_weight teacher_miss weights each token's KL by 1 − p′(y), detached)
      student loss         L_s = τ²·D(p′, q), D = KL(p′ ‖ q) by default     (p′ detached)
      The KL(q‖p′) term pulls the teacher toward what the student can represent; the CE term keeps
      it anchored to the data. D is `method.divergence`, so "rkl/jsd + online teacher" (the paper's
@@ -26,6 +27,7 @@ from __future__ import annotations
 import torch
 
 from okd.losses import chunked_pair_loss, token_ce, token_divergence
+from okd.losses.closed_form import module_kl_weight
 from okd.methods.base import Method, Scored, head, scored_hidden
 from okd.methods.kd import closed_form_loss, student_token_loss
 from okd.models.loading import output_weight
@@ -36,10 +38,14 @@ class OnlineTeacherKD(Method):
     name = "okd"
 
     def module_token_loss(self, zs, zt, y):
-        """L_t per token: α·τ²·KL(q‖p′) + (1−α)·CE(teacher, y); q is treated as a constant."""
-        m, alpha = self.cfg.method, self.cfg.online.alpha
+        """L_t per token: α·τ²·w·KL(q‖p′) + (1−α)·CE(teacher, y); q and w are treated as constants
+        (w = 1, or 1 − p′(y) with online.kl_weight teacher_miss)."""
+        m, on = self.cfg.method, self.cfg.online
         kl_q_p = token_divergence("rkl", zs, zt, temperature=m.temperature)  # rkl(q, p′) = KL(q‖p′)
-        return alpha * self.tau2 * kl_q_p + (1.0 - alpha) * token_ce(zt, y)
+        ce = token_ce(zt, y)
+        if on.kl_weight == "teacher_miss":
+            kl_q_p = module_kl_weight(ce, y != -100) * kl_q_p
+        return on.alpha * self.tau2 * kl_q_p + (1.0 - on.alpha) * ce
 
     def losses(self, batch, norm):
         models = self.models
@@ -47,7 +53,7 @@ class OnlineTeacherKD(Method):
         h_t = scored_hidden(models.teacher, batch, scored)  # with autograd: the module trains
         h_s = scored_hidden(models.student, batch, scored)
         loss_s, loss_t = chunked_pair_loss(
-            closed_form_loss(self, module_alpha=self.cfg.online.alpha)
+            closed_form_loss(self, module_alpha=self.cfg.online.alpha, module_kl_weight=self.cfg.online.kl_weight)
             or (lambda zs, zt, y: (student_token_loss(self, zs, zt, y), self.module_token_loss(zs, zt, y))),
             h_s, head(models.student, models.vocab_size),
             h_t, head(models.teacher, models.vocab_size),
