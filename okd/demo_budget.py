@@ -72,7 +72,9 @@ def eval_every(steps: int) -> int:
 
 def probe_from_run(run_dir: Path, total_s: float, steps: int = PROBE_STEPS) -> Probe:
     """A Probe from a finished probe run's metrics.jsonl and summary.json and its wall time end to end."""
-    records = [json.loads(line) for line in (run_dir / "metrics.jsonl").read_text().splitlines() if line.strip()]
+    from okd.eval.curves import read_metrics
+
+    records = read_metrics(run_dir)
     elapsed = [r["elapsed_s"] for r in records if "elapsed_s" in r]
     deltas = [b - a for a, b in zip(elapsed, elapsed[1:])]
     step_s = statistics.median(deltas) if deltas else (elapsed[-1] / max(len(elapsed), 1) if elapsed else total_s)

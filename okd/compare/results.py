@@ -14,6 +14,7 @@ from pathlib import Path
 
 from okd.compare.grid import Plan, Run
 from okd.compare.settings import eval_settings
+from okd.eval.curves import read_metrics
 
 
 # what the report keeps of each metrics.jsonl record (the module dynamics of online-teacher runs included)
@@ -26,17 +27,6 @@ def _read_json(path: Path) -> dict | None:
         return json.loads(path.read_text())
     except (OSError, json.JSONDecodeError):
         return None
-
-
-def _read_metrics(path: Path) -> list[dict]:
-    rows = []
-    if path.is_file():
-        for line in path.read_text().splitlines():
-            try:
-                rows.append(json.loads(line))
-            except json.JSONDecodeError:
-                pass
-    return rows
 
 
 def hardware() -> dict:
@@ -90,7 +80,7 @@ def _eval_part(plan: Plan, label: str) -> dict:
 
 def _run_row(plan: Plan, r: Run, summary: dict) -> dict:
     t = plan.trained(r)
-    metrics = _read_metrics(t.dir / "metrics.jsonl")
+    metrics = read_metrics(t.dir)
     steps = summary.get("steps") or 0
     elapsed = [m["elapsed_s"] for m in metrics if "elapsed_s" in m]
     deltas = [b - a for a, b in zip(elapsed, elapsed[1:])]  # step 2 onwards: no warm-up step

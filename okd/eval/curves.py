@@ -21,9 +21,12 @@ DYNAMICS = [("valid_kl_base_teacher", "valid_kl_online_teacher", "KL(teacher ‖
 
 
 def read_metrics(run_dir: str | Path) -> list[dict]:
-    """The records of a run's metrics.jsonl (lines that do not parse, e.g. one cut by a kill, skipped)."""
+    """The records of a run's metrics.jsonl (lines that do not parse, e.g. one cut by a kill, skipped;
+    none for a run that has not logged yet). The one reader of the file (compare, demo, plots)."""
     path = Path(run_dir) / "metrics.jsonl"
     records = []
+    if not path.is_file():
+        return records
     for line in path.read_text(encoding="utf-8", errors="replace").splitlines():
         try:
             rec = json.loads(line)
