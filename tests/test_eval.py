@@ -143,6 +143,21 @@ def test_generate_seeds_reads_prompts_once_and_matches_separate_calls(arch, tok)
         generate_seeds(m, tok, long, seeds=[None, None], max_new_tokens=3)
 
 
+def test_eval_seeds_benchmark_runs_tiny(tmp_path):
+    """benchmarks/bench_eval_seeds.py --tiny: both ways timed, the same answers, a JSON with the machine."""
+    import importlib.util
+
+    script = Path(__file__).resolve().parents[1] / "benchmarks" / "bench_eval_seeds.py"
+    spec = importlib.util.spec_from_file_location("bench_eval_seeds", script)
+    bench = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(bench)
+    out = tmp_path / "b.json"
+    assert bench.main(["--tiny", "--prompts", "6", "--seeds", "2", "--rounds", "1", "--max-new-tokens", "4",
+                       "--out", str(out)]) == 0
+    res = json.loads(out.read_text())
+    assert res["identical_answers"] == "12/12" and res["speedup"] > 0 and res["machine"]
+
+
 # ------------------------------------------------------------------ exposure bias
 
 def test_exacc_err_hand_values_and_zero_conventions():
