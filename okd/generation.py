@@ -264,55 +264,57 @@ class _SeedStream:
             self.state = self._get()
 
 
-def _cache_key(model) -> str:
-    """The name of the KV-cache argument: `cache` from transformers 5.2x, `past_key_values` before."""
-    import inspect
+class _Prefix:
+    """Reads a batch's prompts but their last token once (left padding: the last column), for every
+    seed to continue from; the model's forward signature is read once per call."""
 
-    return "cache" if "cache" in inspect.signature(model.forward).parameters else "past_key_values"
+    def __init__(self, model):
+        import inspect
 
+        params = inspect.signature(model.forward).parameters
+        self.model = model
+        self.key = "cache" if "cache" in params else "past_key_values"  # transformers 5.2x renamed it
+        self.keep_one = "logits_to_keep" in params
 
-def _prefix_cache(model, enc: dict):
-    """The KV cache of every prompt but its last token (left padding: the last column), or None
-    where a prompt has a single token (nothing to share)."""
-    import inspect
-
-    mask = enc["attention_mask"][:, :-1]
-    if mask.shape[1] == 0 or bool((mask.sum(-1) == 0).any()):
-        return None
-    kwargs = dict(input_ids=enc["input_ids"][:, :-1], attention_mask=mask, use_cache=True)
-    kwargs["position_ids"] = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)  # as generate computes them
-    if "logits_to_keep" in inspect.signature(model.forward).parameters:
-        kwargs["logits_to_keep"] = 1
-    out = model(**kwargs)
-    return getattr(out, "cache", None) or out.past_key_values
+    def cache(self, enc: dict):
+        """The prefix's KV cache, or None where a prompt has a single token (nothing to share)."""
+        mask = enc["attention_mask"][:, :-1]
+        if mask.shape[1] == 0 or bool((mask.sum(-1) == 0).any()):
+            return None
+        kwargs = dict(input_ids=enc["input_ids"][:, :-1], attention_mask=mask, use_cache=True,
+                      position_ids=(mask.cumsum(-1) - 1).masked_fill(mask == 0, 0))  # as generate computes them
+        if self.keep_one:
+            kwargs["logits_to_keep"] = 1
+        out = self.model(**kwargs)
+        return getattr(out, self.key)
 
 
 def _batches(model, prompts, config, processors, pad: int, eos_set: set, batch_size: int, multiple: int,
              progress: bool, streams: list[_SeedStream], share: bool):
     """The batched `model.generate` calls per seed: (responses cut at the first EOS, finished flags,
-    token count) per seed, in the prompts' order."""
+    generated tokens counting each finishing EOS once) per seed, in the prompts' order."""
     import copy
 
     # Longest first: equal-length neighbours need little padding, and an OOM shows up at once.
     order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))
-    outs = [([None] * len(prompts), [False] * len(prompts), [0]) for _ in streams]
+    outs = [([None] * len(prompts), [False] * len(prompts)) for _ in streams]
     batches = range(0, len(order), batch_size)
     if progress:
         from tqdm.auto import tqdm
         batches = tqdm(batches, desc="generate", unit="batch")
-    key = _cache_key(model) if share else None
+    reader = _Prefix(model) if share else None
     for b in batches:
         idx = order[b:b + batch_size]
         enc = left_pad([prompts[i] for i in idx], pad, model_device(model), multiple)
-        prefix = _prefix_cache(model, enc) if share else None
-        for stream, (sequences, finished, n_tokens) in zip(streams, outs):
-            extra = {key: copy.deepcopy(prefix)} if prefix is not None else {}
+        prefix = reader.cache(enc) if reader is not None else None
+        for k, (stream, (sequences, finished)) in enumerate(zip(streams, outs)):
+            extra = {}
+            if prefix is not None:  # generate extends the cache in place: a copy for all but the last seed
+                extra[reader.key] = copy.deepcopy(prefix) if k < len(streams) - 1 else prefix
             with stream:
                 out = model.generate(**enc, generation_config=config, logits_processor=processors, **extra)
-            new = out[:, enc["input_ids"].shape[1]:].tolist()
-            for i, toks in zip(idx, new):
-                cut = next((k for k, t in enumerate(toks) if t in eos_set), None)
+            for i, toks in zip(idx, out[:, enc["input_ids"].shape[1]:].tolist()):
+                cut = next((j for j, t in enumerate(toks) if t in eos_set), None)
                 finished[i] = cut is not None
                 sequences[i] = toks if cut is None else toks[:cut]
-                n_tokens[0] += len(sequences[i]) + (1 if cut is not None else 0)
-    return [(seqs, fin, n[0]) for seqs, fin, n in outs]
+    return [(seqs, fin, sum(len(t) for t in seqs) + sum(fin)) for seqs, fin in outs]

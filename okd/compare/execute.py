@@ -230,7 +230,7 @@ def evaluate_model(plan: Plan, label: str, model: str, *, exposure: bool, log: L
     return done
 
 
-def _models_to_evaluate(plan: Plan, selection: "Selection") -> list[tuple[str, str, bool]]:
+def _models_to_evaluate(plan: Plan, selection: Selection) -> list[tuple[str, str, bool]]:
     """(label, model path, with exposure bias) for the selected reference rows and trained runs."""
     xruns = exposure_runs(plan)
     models = [(ref, plan.teacher if ref == "teacher" else plan.student_init, False)
@@ -247,7 +247,7 @@ def _models_to_evaluate(plan: Plan, selection: "Selection") -> list[tuple[str, s
     return models
 
 
-def _eval_all(plan: Plan, selection: "Selection", *, log: Log, elapsed: Callable[[], str]) -> None:
+def _eval_all(plan: Plan, selection: Selection, *, log: Log, elapsed: Callable[[], str]) -> None:
     models = _models_to_evaluate(plan, selection)
     for i, (label, model, exposure) in enumerate(models, start=1):
         head = f"eval {i}/{len(models)} {label}"

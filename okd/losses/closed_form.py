@@ -18,11 +18,12 @@ from okd.losses.chunked import CHUNK_SIZE, chunked_pair_loss
 from okd.losses.divergence import _check_weight, _compute_dtype, token_divergence
 from okd.losses.protocol import ClosedFormLoss
 
-def module_kl_weight(ce_teacher, keep):
-    """w = 1 − p_T(y) per token from the teacher's CE on the label (τ = 1), 0 where no label: the
-    weight of KL(q‖p′) in OKD's module loss with online.kl_weight "teacher_miss" (a constant: no
-    gradient flows through it)."""
-    return (1.0 - torch.exp(-ce_teacher.detach())) * keep
+
+def module_kl_weight(ce_teacher):
+    """w = 1 − p_T(y) per token from the teacher's CE on the label (τ = 1; a CE of 0 where there is no
+    label gives w = 0 there): the weight of KL(q‖p′) in OKD's module loss with online.kl_weight
+    "teacher_miss" (a constant: no gradient flows through it)."""
+    return 1.0 - torch.exp(-ce_teacher.detach())
 
 
 class KDClosedForm(ClosedFormLoss):
@@ -98,7 +99,7 @@ class KDClosedForm(ClosedFormLoss):
         if want_s and self.kind == "rkl":  # q ∘ (log q − log p − KL(q‖p)) / τ
             g_s = (d + kl_q_p[:, None]).mul_(q).masked_fill_(q == 0, 0.0).mul_(-c)
         del d
-        w = module_kl_weight(ce_t[0], ce_t[1]) if module and self.module_kl_weight == "teacher_miss" else None
+        w = module_kl_weight(ce_t[0]) if module and self.module_kl_weight == "teacher_miss" else None
         if module and want_t:  # α·m·w·(p − q)/τ + (1 − α)(softmax(z_T) − e_y)
             a, m = self.module_alpha, self.module_scale
             g_t = (p - q).mul_(a * m / tau)

@@ -44,7 +44,7 @@ class OnlineTeacherKD(Method):
         kl_q_p = token_divergence("rkl", zs, zt, temperature=m.temperature)  # rkl(q, p′) = KL(q‖p′)
         ce = token_ce(zt, y)
         if on.kl_weight == "teacher_miss":
-            kl_q_p = module_kl_weight(ce, y != -100) * kl_q_p
+            kl_q_p = module_kl_weight(ce) * kl_q_p
         return on.alpha * self.tau2 * kl_q_p + (1.0 - on.alpha) * ce
 
     def losses(self, batch, norm):
