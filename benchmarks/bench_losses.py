@@ -13,7 +13,8 @@ latter being less disturbed when other processes share the cores.
     python benchmarks/bench_losses.py --batch 2 --seq 128   # smaller
     python benchmarks/bench_losses.py --closed-form --batch 2 --seq 384 --threads 1
         # autograd vs closed-form logit gradients (okd.losses.KDClosedForm), chunked, for the fkd
-        # student loss and for the OKD pair (student + online-module loss, gradients to both sides)
+        # student loss, for the OKD pair (student + online-module loss, gradients to both sides) and for
+        # the jsd student loss (beta 0.5: jsd, gkd)
 """
 
 import argparse
@@ -53,7 +54,9 @@ def worker(args):
 
     pair_fns = {"fkd-autograd": lambda zs, zt, y: (token_divergence("fkl", zs, zt), None),
                 "fkd-closed": KDClosedForm("fkl"), "okd-autograd": okd_autograd,
-                "okd-closed": KDClosedForm("fkl", module_alpha=0.5)}
+                "okd-closed": KDClosedForm("fkl", module_alpha=0.5),
+                "jsd-autograd": lambda zs, zt, y: (token_divergence("jsd", zs, zt, beta=0.5), None),
+                "jsd-closed": KDClosedForm("jsd", beta=0.5)}
 
     def step():
         hs.grad = ws.grad = ht.grad = None
@@ -95,7 +98,7 @@ def main():
     ap.add_argument("--repeats", type=int, default=3, help="timed iterations per variant (median reported)")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--closed-form", action="store_true",
-                    help="compare autograd and closed-form logit gradients (fkd loss, OKD pair) instead")
+                    help="compare autograd and closed-form logit gradients (fkd loss, OKD pair, jsd loss) instead")
     ap.add_argument("--rounds", type=int, default=3, help="--closed-form: alternating rounds of subprocesses")
     ap.add_argument("--variant", help=argparse.SUPPRESS)  # internal: run one measurement
     ap.add_argument("--chunk-size", type=int, default=512, help=argparse.SUPPRESS)
@@ -131,7 +134,7 @@ def main():
 
 
 def compare_closed_form(args, common):
-    variants = ["fkd-autograd", "fkd-closed", "okd-autograd", "okd-closed"]
+    variants = ["fkd-autograd", "fkd-closed", "okd-autograd", "okd-closed", "jsd-autograd", "jsd-closed"]
     got = {v: {"cpu": [], "wall": [], "peak": [], "loss": None} for v in variants}
     for r in range(args.rounds):  # alternate, so drifts in machine load hit every variant alike
         for v in variants:

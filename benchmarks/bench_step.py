@@ -41,8 +41,9 @@ CONFIGS = {
     # the teacher's weights stored in bf16 (teacher.dtype=bfloat16): no per-step cast under bf16 autocast
     "okd:fkd-bf16-teacher": ("okd", "fkd", 0.0),
     "okd:okd-bf16-teacher": ("okd", "okd", 0.0),
+    "okd:jsd": ("okd", "jsd", 0.0),  # JSD(beta 0.5) to the frozen teacher (closed-form gradients since 2026-12-01)
 }
-DEFAULT_CONFIGS = [c for c in CONFIGS if not c.endswith("-bf16-teacher")]
+DEFAULT_CONFIGS = [c for c in CONFIGS if not c.endswith("-bf16-teacher") and c != "okd:jsd"]
 
 
 def fitting_examples(setup: dict, max_length: int, work: Path, limit: int = 400) -> str:

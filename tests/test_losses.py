@@ -510,6 +510,27 @@ def test_closed_form_matches_autograd(kind, temperature, ce_weight, module_alpha
             assert_rel_close(a, b)
 
 
+@pytest.mark.parametrize("beta", [0.0, 0.1, 0.9, 1.0])
+@pytest.mark.parametrize("temperature", [1.0, 2.0])
+def test_closed_form_jsd_beta_matches_autograd(beta, temperature):
+    """JSD_β's closed-form student gradient (1−β)·q∘(log q − log m − KL(q‖m))/τ against autograd of
+    token_divergence, away from β = 0.5 and at the endpoints (exactly fkl and rkl); with OKD's module loss."""
+    zs, zt = logits(17, 30, scale=4.0, seed=41), logits(17, 30, scale=4.0, seed=42)
+    y = torch.arange(17) % 30
+    s, t, g_s, g_t = KDClosedForm("jsd", temperature=temperature, scale=temperature**2, beta=beta,
+                                  module_alpha=0.3, module_scale=temperature**2).with_grads(zs, zt, y)
+    zs_ = zs.detach().requires_grad_()
+    want = temperature**2 * token_divergence("jsd", zs_, zt, temperature=temperature, beta=beta)
+    (want_g,) = torch.autograd.grad(want.sum(), zs_)
+    assert_rel_close(s, want.detach())
+    assert_rel_close(g_s, want_g)
+    _, want_t, _, want_gt = autograd_pair("fkl", zs, zt, y, temperature, temperature**2, 0.0, 0.3)
+    assert_rel_close(t, want_t)  # the module's loss does not depend on the student's divergence
+    assert_rel_close(g_t, want_gt)
+    with pytest.raises(ValueError, match="beta"):
+        KDClosedForm("jsd", beta=1.5)
+
+
 def test_okd_module_loss_kl_weight_autograd_path_equals_closed_form():
     """online.kl_weight teacher_miss through OnlineTeacherKD.module_token_loss (the autograd path,
     used for divergences without a closed form) gives the closed form's module loss; uniform is the paper's."""
@@ -571,4 +592,4 @@ def test_closed_form_respects_need():
     s, t, g_s, g_t = KDClosedForm("fkl", module_alpha=0.5).with_grads(zs, zt, y, need=(False, False))
     assert g_s is None and g_t is None and s.shape == t.shape == (5,)
     with pytest.raises(ValueError, match="closed form"):
-        KDClosedForm("jsd")
+        KDClosedForm("tvd")

@@ -6,9 +6,13 @@ much as the output-layer matmuls (benchmarks/bench_losses.py --closed-form). Wit
 q = softmax(z_S/τ), s = softmax(z) at τ = 1 and e_y the one-hot label:
   ∂/∂z_S KL(p‖q) = (q − p)/τ                   ∂/∂z_T KL(q‖p) = (p − q)/τ
   ∂/∂z_S KL(q‖p) = q ∘ (log q − log p − KL(q‖p))/τ
+  ∂/∂z_S JSD_β   = (1−β)·q ∘ (log q − log m − KL(q‖m))/τ,   m = β·p + (1−β)·q
+      (∂JSD_β/∂q = (1−β)·log(q/m): the terms through m cancel; then the softmax Jacobian as for KL(q‖p))
   ∂/∂z CE(z, y)  = s − e_y                      (0 for ignored labels)
 Each is checked against autograd of token_divergence / token_ce in tests/test_losses.py.
 """
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -29,7 +33,8 @@ def module_kl_weight(ce_teacher):
 class KDClosedForm(ClosedFormLoss):
     """Per-token KD losses with their logit gradients, for chunked_pair_loss (no autograd).
 
-    Student loss:       scale·D(p, q) + ce_weight·CE(z_S, y),  D = KL(p‖q) ("fkl") or KL(q‖p) ("rkl")
+    Student loss:       scale·D(p, q) + ce_weight·CE(z_S, y),  D = KL(p‖q) ("fkl"), KL(q‖p) ("rkl") or
+                        JSD_β ("jsd": β·KL(p‖m) + (1−β)·KL(q‖m); β = 0 / 1 are fkl / rkl, as token_divergence)
     Teacher loss (with module_alpha set, the OKD online module):
                         module_alpha·module_scale·w·KL(q‖p) + (1 − module_alpha)·CE(z_T, y)
                         w = 1 (module_kl_weight "uniform", the paper) or w = 1 − p_T(y) at τ = 1, a
@@ -38,12 +43,16 @@ class KDClosedForm(ClosedFormLoss):
     teacher_per_token | None, d student_sum/d zs | None, d teacher_sum/d zt | None).
     """
 
-    KINDS = ("fkl", "rkl")
+    KINDS = ("fkl", "rkl", "jsd")
 
-    def __init__(self, kind="fkl", *, temperature=1.0, scale=1.0, ce_weight=0.0, module_alpha=None,
+    def __init__(self, kind="fkl", *, temperature=1.0, scale=1.0, ce_weight=0.0, beta=0.5, module_alpha=None,
                  module_scale=1.0, module_kl_weight="uniform", ignore_index=-100):
         if kind not in self.KINDS:
             raise ValueError(f"closed form covers {', '.join(self.KINDS)}, not {kind!r}")
+        _check_weight("beta", beta)
+        if kind == "jsd" and beta in (0.0, 1.0):  # the endpoints are exactly fkl and rkl (token_divergence)
+            kind = "fkl" if beta == 0.0 else "rkl"
+        self.beta = float(beta)
         if not temperature > 0:
             raise ValueError(f"temperature must be > 0, got {temperature}")
         if module_alpha is not None:
@@ -79,7 +88,13 @@ class KDClosedForm(ClosedFormLoss):
         log_s_teacher = (log_p if tau == 1.0 else F.log_softmax(zt, dim=-1)) if module else None
         ce_s = self._ce(log_s_student, y) if self.ce_weight else None
         ce_t = self._ce(log_s_teacher, y) if module else None
-        d = log_p - log_q  # log p − log q
+        jsd = self.kind == "jsd"
+        if jsd:  # log m through logaddexp (exact where p or q underflows), then the two log-ratios to m
+            b, lo = self.beta, torch.finfo(dtype).min
+            log_m = torch.logaddexp(log_p.clamp_min(lo) + math.log(b), log_q.clamp_min(lo) + math.log1p(-b))
+            d_pm, d_qm = log_p - log_m, log_q - log_m  # log p − log m, log q − log m
+            del log_m
+        d = log_p - log_q if (not jsd or module) else None  # log p − log q
         q, p = log_q.exp_(), log_p.exp_()  # in place: the log-probabilities are not needed any more
         # at τ = 1 the CE softmaxes are q and p themselves (their buffers were exponentiated above)
         soft_s = None if not self.ce_weight else (q if tau == 1.0 else log_s_student.exp_())
@@ -91,11 +106,18 @@ class KDClosedForm(ClosedFormLoss):
 
         kl_q_p = -masked_sum(q, d) if (self.kind == "rkl" or module) else None
         c = self.scale / tau
+        g_s = g_t = None
         if self.kind == "fkl":
             s_loss = self.scale * masked_sum(p, d)
-        else:
+        elif self.kind == "rkl":
             s_loss = self.scale * kl_q_p
-        g_s = g_t = None
+        else:
+            kl_q_m = masked_sum(q, d_qm)
+            s_loss = self.scale * (b * masked_sum(p, d_pm) + (1.0 - b) * kl_q_m)
+            del d_pm
+            if want_s:  # (1−β)·q ∘ (log q − log m − KL(q‖m)) / τ, in d_qm's buffer
+                g_s = d_qm.sub_(kl_q_m[:, None]).mul_(q).masked_fill_(q == 0, 0.0).mul_(c * (1.0 - b))
+            del d_qm
         if want_s and self.kind == "rkl":  # q ∘ (log q − log p − KL(q‖p)) / τ
             g_s = (d + kl_q_p[:, None]).mul_(q).masked_fill_(q == 0, 0.0).mul_(-c)
         del d
@@ -128,7 +150,7 @@ def chunked_kd_loss(kind, student_hidden, student_weight, teacher, teacher_weigh
         raise ValueError(f"unknown divergence {kind!r}; valid kinds: {', '.join(DIVERGENCES)}")
 
     if kind in KDClosedForm.KINDS:
-        fn = KDClosedForm(kind, temperature=temperature)
+        fn = KDClosedForm(kind, temperature=temperature, beta=beta)
     else:
         def fn(zs, zt, _labels):
             return token_divergence(kind, zs, zt, temperature=temperature, beta=beta, alpha=alpha), None

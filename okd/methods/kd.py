@@ -36,11 +36,9 @@ def closed_form_loss(method: Method, module_alpha=None, module_kl_weight="unifor
     or None where the divergence has no closed form here (then autograd of student_token_loss)."""
     m = method.cfg.method
     kind = m.resolved_divergence
-    if kind == "jsd" and m.beta in (0.0, 1.0):  # the endpoints are exactly fkl and rkl (okd.losses)
-        kind = "fkl" if m.beta == 0.0 else "rkl"
     if kind not in KDClosedForm.KINDS:
         return None
-    return KDClosedForm(kind, temperature=m.temperature, scale=method.tau2, ce_weight=m.ce_weight,
+    return KDClosedForm(kind, temperature=m.temperature, scale=method.tau2, ce_weight=m.ce_weight, beta=m.beta,
                         module_alpha=module_alpha, module_scale=method.tau2, module_kl_weight=module_kl_weight)
 
 

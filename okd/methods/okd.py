@@ -17,7 +17,7 @@ ground-truth batch (no generation):
 Both losses come from the same two forwards: `chunked_pair_loss` evaluates them chunk by chunk over
 the scored tokens and routes each gradient to its own side only, which is what "detached" means
 above. The two graphs share nothing, so one backward of the sum equals two separate backwards.
-For D = fkl/rkl both losses and their logit gradients come in closed form from one log-softmax per
+For D = fkl/rkl/jsd both losses and their logit gradients come in closed form from one log-softmax per
 model (okd.losses.KDClosedForm; `module_token_loss` below is the same formula through autograd,
 used for the other divergences and as the reference in the tests).
 """
