@@ -12,14 +12,12 @@ q = softmax(z_S/τ), s = softmax(z) at τ = 1 and e_y the one-hot label:
 Each is checked against autograd of token_divergence / token_ce in tests/test_losses.py.
 """
 
-import math
-
 import torch
 import torch.nn.functional as F
 
 from okd.config import DIVERGENCES, MODULE_KL_WEIGHTS
 from okd.losses.chunked import CHUNK_SIZE, chunked_pair_loss
-from okd.losses.divergence import _check_weight, _compute_dtype, token_divergence
+from okd.losses.divergence import _check_weight, _compute_dtype, _log_mix, token_divergence
 from okd.losses.protocol import ClosedFormLoss
 
 
@@ -89,9 +87,9 @@ class KDClosedForm(ClosedFormLoss):
         ce_s = self._ce(log_s_student, y) if self.ce_weight else None
         ce_t = self._ce(log_s_teacher, y) if module else None
         jsd = self.kind == "jsd"
-        if jsd:  # log m through logaddexp (exact where p or q underflows), then the two log-ratios to m
-            b, lo = self.beta, torch.finfo(dtype).min
-            log_m = torch.logaddexp(log_p.clamp_min(lo) + math.log(b), log_q.clamp_min(lo) + math.log1p(-b))
+        if jsd:  # log m as token_divergence forms it (logaddexp), then the two log-ratios to m
+            b = self.beta
+            log_m = _log_mix(b, log_p, log_q)
             d_pm, d_qm = log_p - log_m, log_q - log_m  # log p − log m, log q − log m
             del log_m
         d = log_p - log_q if (not jsd or module) else None  # log p − log q
