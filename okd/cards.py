@@ -48,6 +48,8 @@ def _metrics_table(summary: dict) -> list[str]:
             ("training tokens/s", summary.get("tokens_per_s")), ("peak memory (MB)", summary.get("peak_memory_mb")),
             ("device", summary.get("device"))]
     rows += [(k, v) for k, v in sorted(final.items())]
+    if sel := summary.get("selected"):  # train.select_by: these weights are not the last step's
+        rows.append((f"weights selected by {sel['metric']}", f"step {sel['step']} ({sel['metric']} {_fmt(sel['value'])})"))
     lines = ["| | |", "|---|---|"]
     lines += [f"| {k} | {_fmt(v)} |" for k, v in rows if v is not None]
     return lines

@@ -190,6 +190,9 @@ class TrainConfig(Section):
     eval_every: NonNegativeInt = 0  # 0: only at the end (when data.valid is set)
     eval_rouge: bool = False  # also sample answers on data.valid and log ROUGE-L at each eval
     eval_rouge_limit: NonNegativeInt = 32
+    # which weights student/ holds: the last step's, or those of the validation with the lowest valid CE /
+    # highest valid ROUGE-L (needs train.eval_rouge); MiniLLM picks its tuned teacher by validation ROUGE-L
+    select_by: Literal["last", "valid_loss", "valid_rougeL"] = "last"
     log_every: AtLeastOne = 1
     keep_checkpoints: NonNegativeInt = 2
     mixed_precision: Literal["no", "bf16", "fp16", "auto"] = "auto"
@@ -228,6 +231,11 @@ class Config(Section):
             raise ValueError(f"data.max_length must be at least 2 tokens, got {self.data.max_length}")
         if m.name == "sft" and m.resolved_teacher != "none":
             raise ValueError("method.teacher: sft trains without a teacher; leave it unset")
+        if self.train.select_by != "last" and not self.data.valid:
+            raise ValueError(f"train.select_by={self.train.select_by} chooses the weights by validation: set "
+                             "data.valid, or train.select_by=last")
+        if self.train.select_by == "valid_rougeL" and not self.train.eval_rouge:
+            raise ValueError("train.select_by=valid_rougeL needs train.eval_rouge=true (the validation ROUGE-L)")
         if m.resolved_teacher == "none" and m.name != "sft":
             raise ValueError(f"method.teacher: method {m.name!r} needs a teacher; leave method.teacher unset "
                              "(or frozen / online) and set teacher.path")

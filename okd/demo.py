@@ -64,7 +64,7 @@ def _say(msg: str) -> None:
 
 
 def prepare_real(out: Path, layers: int = 15) -> DemoPlan:
-    from okd.data.presets import resolve_data_preset
+    from okd.data.presets import resolve_data_preset, short_pairs
     from okd.models.presets import resolve_model_preset
     from okd.models.prune import init_student
     from okd.paths import atomic_dir
@@ -81,7 +81,8 @@ def prepare_real(out: Path, layers: int = 15) -> DemoPlan:
     data = out / "sharegpt-short"
     if not (data / "test.jsonl").is_file():
         with atomic_dir(data) as tmp:
-            kept = {split: short_pairs(resolve_data_preset("sharegpt", split), tmp / f"{split}.jsonl")
+            kept = {split: short_pairs(resolve_data_preset("sharegpt", split), tmp / f"{split}.jsonl", limit=4000,
+                                         max_prompt=SHORT_PROMPT_CHARS, max_answer=SHORT_ANSWER_CHARS)
                     for split in ("train", "valid", "test")}
         _say("data: ShareGPT first turns with short answers (" + ", ".join(f"{k} {v}" for k, v in kept.items()) + ")")
     return DemoPlan(teacher=str(teacher), student=str(student), data=str(data), template="chat",
@@ -89,23 +90,9 @@ def prepare_real(out: Path, layers: int = 15) -> DemoPlan:
                     title=f"SmolLM2-135M-Instruct → {layers}-layer student")
 
 
-SHORT_PROMPT_CHARS, SHORT_ANSWER_CHARS = 300, 400  # ~75 and ~100 tokens: most pairs fit 128 tokens whole
-
-
-def short_pairs(src: Path, dst: Path, limit: int = 4000) -> int:
-    """The pairs of a ShareGPT split with a short prompt and a short answer (a narrower skill: a pruned
-    student learns to answer briefly, and to stop, within the demo's few steps); returns how many."""
-    kept = 0
-    with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
-        for line in f:
-            rec = json.loads(line)
-            prompt = rec.get("instruction", "") + rec.get("input", "")
-            if len(prompt) <= SHORT_PROMPT_CHARS and len(rec.get("output", "")) <= SHORT_ANSWER_CHARS:
-                out.write(line if line.endswith("\n") else line + "\n")
-                kept += 1
-                if kept >= limit:
-                    break
-    return kept
+# narrower than the sharegpt-short preset: ~75 and ~100 tokens, so most pairs fit 128 tokens whole and a pruned
+# student learns to answer briefly, and to stop, within the demo's few steps
+SHORT_PROMPT_CHARS, SHORT_ANSWER_CHARS = 300, 400
 
 
 def _tiny_data(data: Path) -> None:

@@ -7,6 +7,7 @@ import json
 
 import pytest
 
+import okd.data.presets as presets
 import okd.demo as demo
 from okd.cli import main
 from okd.demo_budget import (MARGIN_S, MAX_STEPS, MIN_STEPS, VALIDATIONS, Budget, Probe, choose_steps, describe,
@@ -105,9 +106,10 @@ def test_short_pairs_keep_short_prompts_and_answers(tmp_path):
             {"instruction": "Name one.", "input": "", "output": "One."}]
     src = tmp_path / "train.jsonl"
     src.write_text("".join(json.dumps(r) + "\n" for r in rows))
-    assert demo.short_pairs(src, tmp_path / "short.jsonl") == 2
+    assert presets.short_pairs(src, tmp_path / "short.jsonl", max_prompt=demo.SHORT_PROMPT_CHARS,
+                               max_answer=demo.SHORT_ANSWER_CHARS) == 2
     kept = [json.loads(line)["instruction"] for line in (tmp_path / "short.jsonl").read_text().splitlines()]
-    assert kept == ["Hi?", "Name one."] and demo.short_pairs(src, tmp_path / "one.jsonl", limit=1) == 1
+    assert kept == ["Hi?", "Name one."] and presets.short_pairs(src, tmp_path / "one.jsonl", limit=1) == 1
 
 
 def test_bf16_detection_can_be_overridden_and_the_machine_line_says_so(monkeypatch):

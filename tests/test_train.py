@@ -265,3 +265,44 @@ def test_train_time_excludes_validation_and_checkpoints(base_overrides, tmp_path
     assert s["tokens_per_s"] > s["tokens"] / s["wall_clock_s"]
     records = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
     assert all(r["train_s"] <= r["elapsed_s"] for r in records)
+
+
+@pytest.mark.parametrize("method", ["sft", "okd"])
+def test_select_by_valid_loss_keeps_the_best_validation_weights(method, base_overrides, tmp_path, monkeypatch):
+    """train.select_by=valid_loss: student/ (and online_module/) hold the weights of the validation with the
+    lowest valid CE (scripted here: step 2 of 4), which equal that step's checkpoint; summary.json names it."""
+    from safetensors.torch import load_file
+
+    import okd.train.trainer as trainer
+
+    real, scripted = trainer.evaluate, iter([3.0, 1.0, 2.0, 1.5])
+
+    def scripted_evaluate(run):
+        return {**real(run), "valid_loss": next(scripted)}
+
+    monkeypatch.setattr(trainer, "evaluate", scripted_evaluate)
+    out = train(build_config({}, base_overrides + [f"method.name={method}", "train.max_steps=4", "train.eval_every=1",
+                                                   "train.save_every=1", "train.keep_checkpoints=10",
+                                                   "train.select_by=valid_loss", f"output_dir={tmp_path / 'r'}"]),
+                progress=False)
+    s = json.loads((out / "summary.json").read_text())
+    assert s["selected"] == {"metric": "valid_loss", "value": 1.0, "step": 2} and s["steps"] == 4
+    assert not (out / "best").exists()
+    kept = load_file(out / "student" / "model.safetensors")
+    step2, last = (load_file(out / "checkpoints" / f"step-000000{i}" / "student.safetensors") for i in (2, 4))
+    shared = [k for k in kept if k in step2]
+    assert len(shared) >= len(kept) - 1  # (a tied output layer may be saved once)
+    assert all(torch.equal(kept[k], step2[k]) for k in shared)
+    assert not all(torch.equal(kept[k], last[k]) for k in shared)
+    assert "weights selected by valid_loss" in (out / "student" / "README.md").read_text()
+    if method == "okd":
+        assert (out / "online_module" / "adapter_model.safetensors").is_file()
+
+
+def test_select_by_needs_its_validation():
+    from okd.errors import OkdError
+
+    with pytest.raises(OkdError, match="train.select_by=valid_loss chooses the weights by validation"):
+        build_config({}, ["train.select_by=valid_loss"])
+    with pytest.raises(OkdError, match="needs train.eval_rouge=true"):
+        build_config({}, ["train.select_by=valid_rougeL", "data.valid=x.jsonl"])

@@ -94,7 +94,8 @@ def describe_plan(plan: Plan) -> str:
                 xdone = eval_current(plan.out / "eval" / f"{label}.exposure.json", eval_settings(plan, True))
                 ev += ", exposure " + ("done" if xdone else "todo")
         ov = ", ".join(f"{k}={format_value(v) if not isinstance(v, str) else v}" for k, v in r.overrides.items())
-        rows.append([r.name, r.cfg.method.name, ov or "-", r.student_from or "-", r.cfg.train.max_steps, status, ev])
+        rows.append([r.name, r.cfg.method.name, ov or "-", r.student_from or "-", r.teacher_from or "-",
+                     r.cfg.train.max_steps, status, ev])
     lines = [f"grid: {plan.source or '(tree)'} -> {plan.out}", ""]
     for init in plan.inits:
         have = "cached" if (init.path / "config.json").is_file() else "to create"
@@ -102,7 +103,11 @@ def describe_plan(plan: Plan) -> str:
     lines += describe_caches(plan.caches)
     if plan.spec.eval is not None and plan.spec.eval.references:
         lines.append("reference rows: " + ", ".join(plan.spec.eval.references))
-    lines += ["", markdown_table(["run", "method", "overrides", "student from", "steps", "training", "eval"], rows)]
+    if plan.spec.teacher_from:
+        lines.append(f"teacher: the model trained by run {plan.spec.teacher_from} ({plan.teacher}), from "
+                     f"{plan.teacher_base}")
+    lines += ["", markdown_table(["run", "method", "overrides", "student from", "teacher from", "steps", "training",
+                                  "eval"], rows)]
     return "\n".join(lines)
 
 
@@ -233,8 +238,8 @@ def evaluate_model(plan: Plan, label: str, model: str, *, exposure: bool, log: L
 def _models_to_evaluate(plan: Plan, selection: Selection) -> list[tuple[str, str, bool]]:
     """(label, model path, with exposure bias) for the selected reference rows and trained runs."""
     xruns = exposure_runs(plan)
-    models = [(ref, plan.teacher if ref == "teacher" else plan.student_init, False)
-              for ref in plan.spec.eval.references if ref in selection.references]
+    paths = {"teacher": plan.teacher, "teacher_base": plan.teacher_base, "student_init": plan.student_init}
+    models = [(ref, paths[ref], False) for ref in plan.spec.eval.references if ref in selection.references]
     seen: set[str] = set()
     for r in plan.runs:
         t = plan.trained(r)
@@ -286,12 +291,14 @@ def _select(plan: Plan, only: list[str] | None, *, dry_run: bool, log: Log) -> S
         raise OkdError(f"--only: no run named {', '.join(map(repr, unknown))} in the grid; runs: "
                        f"{', '.join(names)}{''.join(f', {r}' for r in sorted(refs))}")
     wanted = {n for n in only if n in names}
+    if "teacher" in only and plan.spec.teacher_from:  # the teacher row evaluates that run's model
+        wanted.add(plan.spec.teacher_from)
     changed = True
     while changed:
         changed = False
         for r in plan.runs:
             if r.name in wanted:
-                for dep in (r.same_as, r.student_from):
+                for dep in (r.same_as, r.student_from, r.teacher_from):
                     if dep and dep not in wanted:
                         wanted.add(dep)
                         changed = True

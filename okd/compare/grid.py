@@ -22,7 +22,7 @@ from okd.eval.config import AtLeastOne, EvalConfig, ExposureConfig, Template, de
 from okd.models.teacher_cache import DEFAULT_TOP_K
 
 NAME_RE = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.=+-]*$")
-REFERENCE_LABELS = {"teacher": "teacher", "student_init": "student_init"}
+REFERENCE_LABELS = {"teacher": "teacher", "teacher_base": "teacher_base", "student_init": "student_init"}
 
 
 # ----------------------------------------------------------------------------- the grid schema
@@ -35,6 +35,7 @@ class RunSpec(_Section):
     name: str
     overrides: dict[str, Any] = {}
     student_from: str | None = None  # start from this run's trained student (e.g. minillm from sft)
+    teacher_from: str | None = None  # distil from this run's trained model (a teacher-tuning run: sft of the teacher)
     note: str | None = None
     seeds: list[int] | None = None  # training seeds (train.seed), one run each: <name>_s<seed>; default: the grid's
 
@@ -79,7 +80,8 @@ class EvalSpec(EvalConfig):
     seeds: AtLeastOne = 3
     max_new_tokens: AtLeastOne = 64
     template: Template | None = None  # default: base data.template
-    references: list[Literal["teacher", "student_init"]] = []
+    # teacher: the grid's teacher (the tuned one under teacher_from); teacher_base: base.teacher.path as given
+    references: list[Literal["teacher", "teacher_base", "student_init"]] = []
     exposure: ExposureSpec | None = None  # type: ignore[assignment]
 
     @field_validator("data")
@@ -103,6 +105,8 @@ class GridSpec(_Section):
     runs: list[RunSpec] = []
     sweeps: list[SweepSpec] = []
     seeds: list[int] | None = None  # every run once per training seed (train.seed): <name>_s<seed>
+    # every run with a teacher distils from this run's trained model (a run without seeds), unless it names its own
+    teacher_from: str | None = None
     eval: EvalSpec | None = None
     teacher_cache: TeacherCacheSpec | None = None  # `true`: the defaults
     intervals: list[tuple[str, str]] | None = None  # [a, b] seed groups: paired intervals of a − b (default okd − each)
@@ -125,6 +129,7 @@ class Run:
     cfg: Config
     overrides: dict[str, Any]
     student_from: str | None = None
+    teacher_from: str | None = None
     sweep: str | None = None  # the sweep it came from
     sweep_value: Any = None
     same_as: str | None = None  # an earlier run with the same config: reused
@@ -152,7 +157,8 @@ class Plan:
     runs: list[Run]
     inits: list[StudentInitPlan] = field(default_factory=list)
     caches: list[TeacherCachePlan] = field(default_factory=list)
-    teacher: str | None = None
+    teacher: str | None = None  # the teacher reference row's model (the tuned teacher under teacher_from)
+    teacher_base: str | None = None  # base.teacher.path
     student_init: str | None = None  # the shared student initialisation (for the reference row)
     source: str | None = None  # the grid file
 
@@ -230,7 +236,7 @@ def _expand_sweeps(spec: GridSpec) -> list[Item]:
         for j, value in enumerate(sw.values):
             suffix = sw.labels[j] if sw.labels else format_value(value)
             run = RunSpec(name=f"{sw.name}_{suffix}", overrides={**parent.overrides, sw.key: value},
-                          student_from=parent.student_from, note=parent.note,
+                          student_from=parent.student_from, teacher_from=parent.teacher_from, note=parent.note,
                           seeds=sw.seeds if sw.seeds is not None else parent.seeds)
             items.append((run, sw.name, value))
     if not items:
@@ -252,15 +258,52 @@ def _expand_seeds(spec: GridSpec, items: list[Item]) -> list[tuple[Item, str, in
         if len(set(seeds)) != len(seeds):
             raise OkdError(f"run {r.name!r}: seeds {seeds} repeat a seed")
         for seed in seeds:
-            src = r.student_from
-            if src is not None and seeds_of.get(src) and seed in seeds_of[src]:
-                src = f"{src}_s{seed}"
-            elif src is not None and seeds_of.get(src):
-                raise OkdError(f"run {r.name!r} (seed {seed}): student_from {src!r} has no run with seed {seed}")
-            run = r.model_copy(update={"name": f"{r.name}_s{seed}", "student_from": src,
+            deps = {key: _seeded_dependency(r, key, seed, seeds_of) for key in ("student_from", "teacher_from")}
+            run = r.model_copy(update={"name": f"{r.name}_s{seed}", **deps,
                                        "overrides": {**r.overrides, "train.seed": seed}})
             out.append(((run, sweep, value), r.name, seed))
     return out
+
+
+def _seeded_dependency(r: RunSpec, key: str, seed: int, seeds_of: dict) -> str | None:
+    """The run that seed `seed` of `r` takes its student (or teacher) from: the same seed's run where
+    that run was expanded by seeds too, else the run itself."""
+    src = getattr(r, key)
+    if src is None or not seeds_of.get(src):
+        return src
+    if seed not in seeds_of[src]:
+        raise OkdError(f"run {r.name!r} (seed {seed}): {key} {src!r} has no run with seed {seed}")
+    return f"{src}_s{seed}"
+
+
+def _uses_teacher(r: RunSpec, base: dict) -> bool:
+    """Whether the run's method has a teacher (base + overrides, before the config is resolved)."""
+    from okd.config import METHOD_DEFAULTS, get_dotted
+
+    tree = copy.deepcopy(base)
+    for key, val in r.overrides.items():
+        try:
+            set_dotted(tree, key, val)
+        except OkdError:
+            return True  # reported when the run is resolved
+    name = get_dotted(tree, "method.name") or "okd"
+    mode = get_dotted(tree, "method.teacher") or METHOD_DEFAULTS.get(name, ("", "frozen"))[1]
+    return mode != "none"
+
+
+def _grid_teacher(spec: GridSpec, items: list[Item]) -> list[Item]:
+    """The grid's teacher_from given to every run with a teacher that names none of its own."""
+    src = spec.teacher_from
+    if src is None:
+        return items
+    by_name = {r.name: r for r, _, _ in items}
+    if src not in by_name:
+        raise OkdError(f"grid key 'teacher_from': {src!r} is not a run of this grid")
+    if by_name[src].seeds if by_name[src].seeds is not None else spec.seeds:
+        raise OkdError(f"grid key 'teacher_from': run {src!r} is trained once per seed; give it `seeds: []` (one "
+                       "teacher for every run) or set teacher_from run by run")
+    return [(r.model_copy(update={"teacher_from": src}) if r.teacher_from is None and r.name != src
+             and _uses_teacher(r, spec.base) else r, sweep, value) for r, sweep, value in items]
 
 
 def _check_names(items: list[Item]) -> set[str]:
@@ -275,21 +318,26 @@ def _check_names(items: list[Item]) -> set[str]:
             raise OkdError(f"run name {r.name!r} is reserved for the reference rows; choose another")
         seen.add(r.name)
     for r, _, _ in items:
-        if r.student_from is not None and r.student_from not in seen:
-            raise OkdError(f"run {r.name!r}: student_from {r.student_from!r} is not a run of this grid")
+        for key in ("student_from", "teacher_from"):
+            if getattr(r, key) is not None and getattr(r, key) not in seen:
+                raise OkdError(f"run {r.name!r}: {key} {getattr(r, key)!r} is not a run of this grid")
     return seen
 
 
+def _deps(r: RunSpec) -> list[str]:
+    return [d for d in (r.student_from, r.teacher_from) if d is not None]
+
+
 def _dependency_order(items: list[Item]) -> list[Item]:
-    """Stable: a run comes after the run its student comes from, otherwise in grid order."""
+    """Stable: a run comes after the runs its student and teacher come from, otherwise in grid order."""
     ordered: list[Item] = []
     placed: set[str] = set()
     pending = list(items)
     while pending:  # always place the first run whose dependency is placed
-        item = next((it for it in pending if it[0].student_from is None or it[0].student_from in placed), None)
+        item = next((it for it in pending if all(d in placed for d in _deps(it[0]))), None)
         if item is None:
-            raise OkdError("runs form a student_from cycle: " + ", ".join(f"{r.name} <- {r.student_from}"
-                                                                         for r, _, _ in pending))
+            raise OkdError("runs form a student_from/teacher_from cycle: " + ", ".join(
+                f"{r.name} <- {', '.join(_deps(r))}" for r, _, _ in pending))
         ordered.append(item)
         placed.add(item[0].name)
         pending.remove(item)
@@ -336,6 +384,9 @@ def _resolve_run(r: RunSpec, base: dict, out: Path, inits: dict[tuple, StudentIn
         tree["student"]["path"] = str(ipath)
     if r.student_from is not None:
         tree.setdefault("student", {})["path"] = str(out / "runs" / r.student_from / "student")
+    if r.teacher_from is not None:
+        tree.setdefault("teacher", {})["path"] = str(out / "runs" / r.teacher_from / "student")
+        (tree.get("teacher") or {}).pop("gguf_file", None)
     tree["output_dir"] = str(out / "runs" / r.name)
     try:
         cfg = build_config(tree)
@@ -367,7 +418,7 @@ def _student_init_path(spec: GridSpec, out: Path) -> str | None:
 
 
 def _check_eval(ev: EvalSpec, names: set[str], teacher: str | None, student_init: str | None) -> None:
-    if "teacher" in ev.references and not teacher:
+    if {"teacher", "teacher_base"} & set(ev.references) and not teacher:
         raise OkdError("grid key 'eval.references': 'teacher' needs base.teacher.path")
     if "student_init" in ev.references and not student_init:
         raise OkdError("grid key 'eval.references': 'student_init' needs base.student.path or base.student.init")
@@ -382,7 +433,7 @@ def _check_eval(ev: EvalSpec, names: set[str], teacher: str | None, student_init
 def plan_grid(tree: dict, *, source: str | None = None, base_dir: Path | None = None) -> Plan:
     """Validate a grid tree and resolve every run's config; raises OkdError naming the bad key."""
     spec, out = _validate(tree, base_dir)
-    seeded = _expand_seeds(spec, _expand_sweeps(spec))
+    seeded = _expand_seeds(spec, _grid_teacher(spec, _expand_sweeps(spec)))
     groups = {item[0].name: (group, seed) for item, group, seed in seeded}
     items = [item for item, _, _ in seeded]
     names = _check_names(items) | {group for group, _ in groups.values()}
@@ -393,7 +444,8 @@ def plan_grid(tree: dict, *, source: str | None = None, base_dir: Path | None = 
     caches: dict[str, TeacherCachePlan] = {}
     for r, sweep, value in _dependency_order(items):
         cfg = assign_teacher_cache(r.name, _resolve_run(r, spec.base, out, inits), spec.teacher_cache, out, caches)
-        run = Run(name=r.name, cfg=cfg, overrides=dict(r.overrides), student_from=r.student_from, sweep=sweep,
+        run = Run(name=r.name, cfg=cfg, overrides=dict(r.overrides), student_from=r.student_from,
+                  teacher_from=r.teacher_from, sweep=sweep,
                   sweep_value=value, note=r.note, group=groups[r.name][0], seed=groups[r.name][1])
         identity = _identity(cfg)
         run.same_as = next((other for other, t in identities.items() if t == identity), None)
@@ -401,12 +453,14 @@ def plan_grid(tree: dict, *, source: str | None = None, base_dir: Path | None = 
             identities[r.name] = identity
         runs.append(run)
     student_init = _student_init_path(spec, out)
-    teacher = (spec.base.get("teacher") or {}).get("path")
+    teacher_base = (spec.base.get("teacher") or {}).get("path")
+    teacher = str(out / "runs" / spec.teacher_from / "student") if spec.teacher_from else teacher_base
     if spec.eval is not None:
         _check_eval(spec.eval, names, teacher, student_init)
+    refs = set(spec.eval.references) if spec.eval is not None else set()
     for a, b in spec.intervals or []:
         for name in (a, b):
-            if name not in names:
+            if name not in names | refs:
                 raise OkdError(f"grid key 'intervals': no run named {name!r}")
     return Plan(spec=spec, out=out, runs=runs, inits=list(inits.values()), caches=list(caches.values()),
-                teacher=teacher, student_init=student_init, source=source)
+                teacher=teacher, teacher_base=teacher_base, student_init=student_init, source=source)

@@ -19,7 +19,7 @@ PLOTS = {"curves": ("valid_curves.png", "Validation during training"), "exposure
          "time": ("time.png", "Training cost"), "rouge": ("rouge.png", "ROUGE-L"), "sweeps": ("sweeps.png", "Ablations"),
          "dynamics": ("dynamics.png", "Online-module dynamics")}
 CSV_FIELDS = ["name", "kind", "method", "divergence", "teacher_mode", "sweep", "sweep_key", "sweep_value", "same_as",
-              "student_from", "steps", "train_s", "s_per_step", "median_s_per_step", "tokens_per_s", "generated_tokens",
+              "student_from", "teacher_from", "steps", "train_s", "s_per_step", "median_s_per_step", "tokens_per_s", "generated_tokens",
               "peak_memory_mb", "valid_loss"]
 
 
@@ -49,7 +49,8 @@ def _table(plan: Plan, rows: list[dict], sets: list[str], *, sweep_key: str | No
         name = row["name"] + (f" (= {row['same_as']})" if row.get("same_as") else "") \
             + (f" (from {row['student_from']})" if row.get("student_from") else "")
         if row["kind"] == "reference":
-            name = {"teacher": "teacher (reference)", "student_init": "student init (untrained)"}.get(name, name)
+            name = {"teacher": "teacher (reference)", "teacher_base": "teacher before tuning (reference)",
+                    "student_init": "student init (untrained)"}.get(name, name)
         line = [name] + ([format_value(row.get("sweep_value"))] if sweep_key else [])
         line += [_num(row.get("train_s")), _num(row.get("s_per_step"), "{:.2f}"),
                  _num(row.get("median_s_per_step"), "{:.2f}")]

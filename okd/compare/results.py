@@ -78,6 +78,14 @@ def _eval_part(plan: Plan, label: str) -> dict:
     return part
 
 
+def _valid_loss(summary: dict, metrics: list[dict]) -> float | None:
+    """The valid CE of the weights the run kept: the last step's, or the selected validation's (train.select_by)."""
+    sel = summary.get("selected")
+    if sel:
+        return next((m["valid_loss"] for m in metrics if m.get("step") == sel["step"] and "valid_loss" in m), None)
+    return (summary.get("final_metrics") or {}).get("valid_loss")
+
+
 def _run_row(plan: Plan, r: Run, summary: dict) -> dict:
     t = plan.trained(r)
     metrics = read_metrics(t.dir)
@@ -89,14 +97,15 @@ def _run_row(plan: Plan, r: Run, summary: dict) -> dict:
     row = {"name": r.name, "kind": "sweep" if r.sweep else "run", "sweep": r.sweep, "sweep_key": None,
            "sweep_value": r.sweep_value, "same_as": r.same_as, "method": r.cfg.method.name,
            "divergence": r.cfg.method.resolved_divergence, "teacher_mode": r.cfg.method.resolved_teacher,
-           "overrides": r.overrides, "student_from": r.student_from, "model": str(t.dir / "student"),
+           "overrides": r.overrides, "student_from": r.student_from, "teacher_from": r.teacher_from,
+           "model": str(t.dir / "student"),
            "steps": steps, "train_s": train_s, "wall_clock_s": summary.get("wall_clock_s"),
            "s_per_step": summary.get("train_s", summary["wall_clock_s"]) / steps if steps else None,
            # robust to load spikes on a shared machine (and to validation/checkpoint steps)
            "median_s_per_step": statistics.median(deltas) if deltas else None,
            "tokens_per_s": summary.get("tokens_per_s"), "generated_tokens": summary.get("generated_tokens"),
            "peak_memory_mb": summary.get("peak_memory_mb"), "device": summary.get("device"),
-           "valid_loss": (summary.get("final_metrics") or {}).get("valid_loss"),
+           "valid_loss": _valid_loss(summary, metrics), "selected": summary.get("selected"),
            "curve": [{k: m[k] for k in CURVE_KEYS if k in m} for m in metrics]}
     if r.sweep:
         row["sweep_key"] = next(s for s in plan.spec.sweeps if s.name == r.sweep).key
@@ -108,9 +117,9 @@ def collect_results(plan: Plan) -> list[dict]:
     """One row per reference model and per run (runs not trained yet are left out)."""
     rows: list[dict] = []
     if plan.spec.eval is not None:
+        paths = {"teacher": plan.teacher, "teacher_base": plan.teacher_base, "student_init": plan.student_init}
         for ref in plan.spec.eval.references:
-            rows.append({"name": ref, "kind": "reference", "method": "-",
-                         "model": plan.teacher if ref == "teacher" else plan.student_init, **_eval_part(plan, ref)})
+            rows.append({"name": ref, "kind": "reference", "method": "-", "model": paths[ref], **_eval_part(plan, ref)})
     for r in plan.runs:
         summary = _read_json(plan.trained(r).dir / "summary.json")
         if summary is not None:

