@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import os
 import subprocess
 import sys
@@ -244,10 +245,52 @@ def test_existing_run_without_resume(world, tmp_path, capsys):
     check_one_line(*run_cli(capsys, args), r"already holds a run; pass --resume to continue it")
 
 
-def test_resume_of_a_finished_run(world, tmp_path, capsys):
+def test_resume_of_a_finished_run(world, tmp_path, capsys, caplog):
+    """Not an error (a job script resuming after a pre-emption finds its run just finished): said, exit 0."""
     args = [*base(world, tmp_path), "method.name=fkd"]
     assert run_cli(capsys, args)[0] == 0
-    check_one_line(*run_cli(capsys, [*args, "--resume"]), r"is finished \(step 1, train\.max_steps=1\); nothing to resume")
+    with caplog.at_level(logging.WARNING):
+        assert run_cli(capsys, [*args, "--resume"])[0] == 0
+    assert any("is finished (step 1 of train.max_steps=1); nothing to do" in r.getMessage() for r in caplog.records)
+
+
+def _digest(path):
+    import hashlib
+
+    return {f.name: hashlib.sha256(f.read_bytes()).hexdigest() for f in sorted(path.rglob("*")) if f.is_file()}
+
+
+def test_resume_never_trains_over_a_finished_run(world, tmp_path, capsys, caplog):
+    """A finished run whose checkpoints are gone: --resume with more steps would start over from the initial
+    student and replace the trained one; refused in one line, nothing written. With its own max_steps: finished."""
+    import shutil
+
+    args = [*base(world, tmp_path), "method.name=fkd", "train.max_steps=2"]
+    assert run_cli(capsys, args)[0] == 0
+    run = tmp_path / "run"
+    shutil.rmtree(run / "checkpoints")
+    before = _digest(run)
+    check_one_line(*run_cli(capsys, [*args, "train.max_steps=8", "--resume"]),
+                   r"output_dir '.*run' holds a finished run \(2 steps: student/, summary.json\) and no checkpoint to "
+                   r"continue it from, so --resume would train over it from the start; okd never overwrites a run")
+    with caplog.at_level(logging.WARNING):
+        assert run_cli(capsys, [*args, "--resume"])[0] == 0
+    assert any("is finished (step 2 of train.max_steps=2)" in r.getMessage() for r in caplog.records)
+    assert _digest(run) == before
+
+
+def test_resume_below_the_checkpoint_step(world, tmp_path, capsys):
+    """train.max_steps below the checkpoint's step would end "done" with no metrics and a config saying another
+    budget: refused before anything is written."""
+    args = [*base(world, tmp_path), "method.name=fkd", "train.max_steps=3", "train.save_every=1"]
+    assert run_cli(capsys, args)[0] == 0
+    run = tmp_path / "run"
+    (run / "summary.json").unlink()  # as if killed after its last checkpoint
+    before = _digest(run)
+    check_one_line(*run_cli(capsys, [*without(args, "train.max_steps"), "train.max_steps=1", "--resume"]),
+                   r"cannot resume '.*run' with train.max_steps=1: its checkpoint is at step 3, beyond it; set "
+                   r"train.max_steps to at least 3 \(the run's own: 3\)")
+    assert _digest(run) == before
 
 
 def test_resume_with_changed_config(world, tmp_path, capsys, caplog):
@@ -280,9 +323,10 @@ def test_checkpoint_of_another_model(world, tmp_path, capsys):
     check_one_line(*run_cli(capsys, [*args, "--resume"]), r"checkpoint '.*step-0000002' cannot be resumed with this config")
 
 
-def test_damaged_checkpoint(world, tmp_path, capsys):
+def test_damaged_checkpoint(world, tmp_path, capsys, caplog):
     """A truncated optim.pt (a copy or a disk that filled up outside okd) is a damaged checkpoint, not a
-    config mismatch; the message names the checkpoint before it."""
+    config mismatch: the resume names it in one warning and continues from the checkpoint before it; with no
+    intact checkpoint left, one line says so."""
     args = [*base(world, tmp_path), "method.name=fkd", "train.max_steps=3", "train.save_every=1"]
     assert run_cli(capsys, args)[0] == 0
     run = tmp_path / "run"
@@ -290,9 +334,16 @@ def test_damaged_checkpoint(world, tmp_path, capsys):
     last = sorted((run / "checkpoints").glob("step-*"))[-1]
     data = (last / "optim.pt").read_bytes()
     (last / "optim.pt").write_bytes(data[: len(data) // 2])
+    with caplog.at_level(logging.WARNING):
+        assert run_cli(capsys, [*args, "--resume"])[0] == 0
+    assert any(re.search(r"checkpoint '.*step-0000003' is damaged \(optim\.pt: \d+ bytes, written with \d+\); "
+                         r"resuming from the checkpoint before it, step-0000002", r.getMessage()) for r in caplog.records)
+    (run / "summary.json").unlink()
+    for ckpt in sorted((run / "checkpoints").glob("step-*")):
+        (ckpt / "method.pt").write_bytes(b"")
     check_one_line(*run_cli(capsys, [*args, "--resume"]),
-                   r"checkpoint '.*step-0000003' is damaged \(optim\.pt: BadZipFile: .*\), not resumable; delete it "
-                   r"to resume from step-0000002")
+                   r"checkpoint '.*step-0000002' is damaged \(method\.pt: 0 bytes, written with \d+\), and no intact "
+                   r"checkpoint precedes it; delete it to start the run over with --resume")
 
 
 def test_section_override_merges_into_the_file(world, tmp_path):
@@ -348,6 +399,7 @@ def test_catalogue_is_documented():
     """Every case id is a row of docs/errors.md, and the catalogue has at least 20 mistakes."""
     doc = (ROOT / "docs" / "errors.md").read_text()
     ids = [c[0] for c in CASES] + ["existing-run-without-resume", "resume-finished-run", "resume-changed-config",
+                                   "resume-over-a-finished-run", "resume-below-checkpoint",
                                    "checkpoint-of-another-model", "processes-did-not-join", "nan-loss",
                                    "interrupted", "sigterm", "checkpoint-save-failed", "deepspeed-generating-method",
                                    "deepspeed-config-refused", "checkpoint-other-distributed-setting", "fsdp2-refused",

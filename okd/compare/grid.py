@@ -319,8 +319,12 @@ def _check_names(items: list[Item]) -> set[str]:
         seen.add(r.name)
     for r, _, _ in items:
         for key in ("student_from", "teacher_from"):
-            if getattr(r, key) is not None and getattr(r, key) not in seen:
-                raise OkdError(f"run {r.name!r}: {key} {getattr(r, key)!r} is not a run of this grid")
+            src = getattr(r, key)
+            if src is not None and src not in seen:
+                seeded = sorted(n for n in seen if n.startswith(f"{src}_s"))
+                raise OkdError(f"run {r.name!r}: {key} {src!r} " + (
+                    f"is trained once per seed ({', '.join(seeded)}); name one of them" if seeded
+                    else "is not a run of this grid"))
     return seen
 
 

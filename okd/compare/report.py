@@ -11,7 +11,7 @@ from okd.compare.grid import Plan, format_value
 from okd.compare.plots import plot_curves, plot_dynamics, plot_exposure_curves, plot_rouge, plot_sweeps, plot_time
 from okd.compare.results import collect_results, hardware
 from okd.compare.settings import eval_settings, exposure_runs
-from okd.compare.stats import group_rows, intervals
+from okd.compare.stats import HEADROOM_GOAL, group_rows, headroom, intervals
 from okd.config import get_dotted
 from okd.eval.report import format_mean_std, markdown_table
 
@@ -161,9 +161,42 @@ def _seed_lines(seeds: dict) -> list[str]:
     return lines
 
 
+def _headroom_lines(plan: Plan, room: list[dict] | None) -> list[str]:
+    """Teacher − SFT student before any comparison: KD methods can be ranked only inside it."""
+    if room is None:
+        return []
+    lines = ["## Headroom: teacher − SFT student", ""]
+    if plan.spec.teacher_from:
+        lines.append(f"Teacher: the model trained by run `{plan.spec.teacher_from}` from `{plan.teacher_base}`"
+                     + _selected_note(plan) + ".")
+    if not room:
+        return lines + ["Not measured yet: the teacher row or the sft run is not evaluated.", ""]
+    rows = [[r["set"], f"{r['mean_diff']:+.2f}", f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]", r["prompts"],
+             "yes" if r["reaches_goal"] else "**no**"] for r in room]
+    lines += ["", markdown_table(["set", "teacher − sft", "95% CI", "prompts", f"≥ +{HEADROOM_GOAL:g}, CI > 0"], rows),
+              ""]
+    short = [r["set"] for r in room if not r["reaches_goal"]]
+    if short:
+        lines += [f"**The headroom is below +{HEADROOM_GOAL:g} ROUGE-L (interval excluding 0) on {', '.join(short)}:** "
+                  "a KD method's gain or loss there says little about how well it transfers the teacher.", ""]
+    return lines
+
+
+def _selected_note(plan: Plan) -> str:
+    try:
+        summary = json.loads((plan.out / "runs" / plan.spec.teacher_from / "summary.json").read_text())
+    except (OSError, ValueError):
+        return " (not trained yet)"
+    sel = summary.get("selected")
+    if not sel:
+        return f", its last step ({summary.get('steps')})"
+    return f", the weights of step {sel['step']} of {summary.get('steps')} (best {sel['metric']}: {sel['value']:.4g})"
+
+
 def _report_md(plan: Plan, rows: list[dict], sets: list[str], plots: dict[str, str], hw: dict,
                seeds: dict) -> str:
-    lines = [f"# {plan.spec.title or 'okd compare: ' + plan.out.name}", ""] + _setup_lines(plan, hw)
+    lines = [f"# {plan.spec.title or 'okd compare: ' + plan.out.name}", ""]
+    lines += _headroom_lines(plan, seeds.get("headroom")) + _setup_lines(plan, hw)
     lines += ["", "## Methods", "", _table(plan, [r for r in rows if r["kind"] != "sweep"], sets), ""]
     lines += _seed_lines(seeds)
     for sw in plan.spec.sweeps:
@@ -190,7 +223,8 @@ def write_report(plan: Plan) -> dict:
     sets = eval_sets(rows)
     plots = _write_plots(plan, rows, sets)
     hw = hardware()
-    seeds = {"seed_groups": group_rows(plan, rows), "intervals": intervals(plan, plan.spec.intervals)}
+    seeds = {"seed_groups": group_rows(plan, rows), "intervals": intervals(plan, plan.spec.intervals),
+             "headroom": headroom(plan)}
     _write_results(plan, rows, sets, hw, seeds)
     (plan.out / "report.md").write_text(_report_md(plan, rows, sets, plots, hw, seeds))
     return {"report": plan.out / "report.md", "plots": list(plots.values()), "rows": rows}

@@ -2,7 +2,8 @@
 
 Layout of `checkpoints/step-0000010/`: `student.safetensors`, `online.safetensors` (trainable
 module only), `optim.pt` (optimizer and scheduler states), `rng-<rank>.pt`, `method.pt` (replay
-buffers, sampler state), `state.json` (step, data position, counters). Tensors go through
+buffers, sampler state), `manifest.json` (every other file's size and sha256, so that damage to any of
+them is found before a resume loads anything), `state.json` (step, data position, counters). Tensors go through
 safetensors; the rest loads with `torch.load(weights_only=True)`, so no arbitrary object is ever
 unpickled. A checkpoint is built in a temporary directory and renamed into place, so a crash mid-save
 leaves the previous one intact.
@@ -24,6 +25,7 @@ DeepSpeed's own files load through its checkpoint engine (`torch.load`), not thr
 from __future__ import annotations
 
 import contextlib
+import hashlib
 import json
 import os
 import random
@@ -169,7 +171,27 @@ def _write_files(tmp: Path, *, student, online, optimizers: dict, schedulers: di
     optim["schedulers"] = {k: s.state_dict() for k, s in schedulers.items()}
     torch.save(optim, tmp / "optim.pt")
     torch.save(method_state, tmp / "method.pt")
-    (tmp / "state.json").write_text(json.dumps(state, indent=1))  # last: marks it complete
+    (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp), indent=1))
+    # last: marks it complete; "manifest" says a manifest belongs to it (checkpoints written before it existed lack one)
+    (tmp / "state.json").write_text(json.dumps({**state, "manifest": MANIFEST}, indent=1))
+
+
+MANIFEST = "manifest.json"
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def _manifest(root: Path) -> dict:
+    """{relative path: {bytes, sha256}} of every file of a checkpoint but the manifest and state.json (written
+    after it; it is checked by parsing); the rng files of every rank and DeepSpeed's partitions included."""
+    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in (MANIFEST, "state.json"))
+    return {"files": {str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
 
 
 def _move_into_place(root: Path, tmp: Path, final: Path, step: int, keep: int) -> None:
@@ -282,7 +304,16 @@ def load_checkpoint(path: Path, *, student, online, optimizers: dict, schedulers
 def check_readable(path: Path, *, rank: int = 0, models: bool = True, online: bool = False) -> None:
     """Raise an OkdError saying the checkpoint is damaged when one of its files is missing, cut short or
     not what it should be (a copy interrupted, a disk that filled up outside okd): reading the headers
-    tells, cheaply, without loading a tensor."""
+    tells, cheaply, without loading a tensor. A checkpoint with a manifest (every one written since it
+    existed) has each of its files checked against the size and sha256 recorded when it was written."""
+    try:
+        state = json.loads((path / "state.json").read_text())
+    except (OSError, ValueError) as e:
+        raise _damaged(path, "state.json", e) from None
+    if not isinstance(state, dict):
+        raise _damaged(path, "state.json", "not the state okd writes")
+    if state.get("manifest"):
+        _check_manifest(path)
     names = ["state.json", "optim.pt", "method.pt"]
     names += ["student.safetensors"] if models else []
     names += ["online.safetensors"] if models and online else []
@@ -302,6 +333,24 @@ def check_readable(path: Path, *, rank: int = 0, models: bool = True, online: bo
             raise _damaged(path, name, e) from None
 
 
+def _check_manifest(path: Path) -> None:
+    try:
+        files = json.loads((path / MANIFEST).read_text())["files"]
+    except FileNotFoundError as e:
+        raise _damaged(path, MANIFEST, e) from None
+    except (OSError, ValueError, KeyError, TypeError) as e:
+        raise _damaged(path, MANIFEST, "not the manifest okd writes") from None
+    for name, want in files.items():
+        f = path / name
+        if not f.is_file():
+            raise _damaged(path, name, "missing")
+        size = f.stat().st_size
+        if size != want["bytes"]:
+            raise _damaged(path, name, f"{size} bytes, written with {want['bytes']}")
+        if _sha256(f) != want["sha256"]:
+            raise _damaged(path, name, "its contents changed since it was written (sha256)")
+
+
 def _is_read_error(e: BaseException) -> bool:
     text = str(e)
     return (isinstance(e, (zipfile.BadZipFile, json.JSONDecodeError, EOFError, OSError))
@@ -309,17 +358,19 @@ def _is_read_error(e: BaseException) -> bool:
             or "Error while deserializing" in text)
 
 
-def _damaged(path: Path, name: str, e: BaseException) -> OkdError:
-    if isinstance(e, FileNotFoundError):
+def _damaged(path: Path, name: str, e: BaseException | str) -> OkdError:
+    if isinstance(e, str):
+        why = e
+    elif isinstance(e, FileNotFoundError):
         why = "missing"
     else:
         lines = [line.strip() for line in str(e).splitlines() if line.strip()]
         why = f"{type(e).__name__}: {lines[0][:200]}" if lines else type(e).__name__
-    step = int(path.name[len(PREFIX):]) if path.name[len(PREFIX):].isdigit() else None
-    before = [p.name for p in checkpoint_dirs(path.parent) if step is not None and int(p.name[len(PREFIX):]) < step]
-    then = (f"delete it to resume from {before[-1]}" if before else "delete it to start the run over with --resume")
-    return OkdError(f"checkpoint {str(path)!r} is damaged ({name}: {why}), not resumable; {then}, or start a new "
-                    "output_dir")
+    return DamagedCheckpoint(f"checkpoint {str(path)!r} is damaged ({name}: {why})")
+
+
+class DamagedCheckpoint(OkdError):
+    """A checkpoint with a file missing, cut short or changed: a resume falls back to the one before it."""
 
 
 def _load(path: Path, *, student, online, optimizers: dict, schedulers: dict, rank: int,

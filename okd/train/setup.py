@@ -19,7 +19,7 @@ from okd.config import Config, flatten
 from okd.errors import OkdError
 from okd.methods.base import scored_index
 from okd.precision import resolve_mixed_precision
-from okd.train.checkpoint import checkpoint_dirs, clean_temporary, load_checkpoint, write_guard
+from okd.train.checkpoint import DamagedCheckpoint, checkpoint_dirs, clean_temporary, load_checkpoint, write_guard
 from okd.train.preflight import data_warnings
 from okd.train.sharding import check_distributed, head_params, zero3_gathered
 from okd.train.state import BatchOrder, RunState, check_resumed_config, prepare_output_dir
@@ -190,6 +190,33 @@ def make_schedule(cfg: Config, key: str, optimizer):
     return get_linear_schedule_with_warmup(optimizer, cfg.train.warmup_steps, max(cfg.train.max_steps - held, 1))
 
 
+def data_sha256(features: list[dict]) -> str:
+    """What the run trains on, as encoded (examples, order, tokens, labels): a resume checks it is unchanged."""
+    import hashlib
+
+    from okd.models.teacher_cache import feature_digests
+
+    return hashlib.sha256(feature_digests(features).tobytes()).hexdigest()
+
+
+def _load_newest_intact(run: Run, checkpoints: list[Path]) -> tuple[dict, dict, Path]:
+    """Load the newest checkpoint that is intact; a damaged one is named in a warning and the one before it
+    taken (every process sees the same files and takes the same decision)."""
+    student, online = run.strategy.unwrapped()
+    for i in range(len(checkpoints) - 1, -1, -1):
+        try:
+            state, method_state = load_checkpoint(checkpoints[i], student=student, online=online,
+                                                  optimizers=run.optimizers, schedulers=run.schedulers,
+                                                  rank=run.accelerator.process_index, **run.strategy.load_args())
+            return state, method_state, checkpoints[i]
+        except DamagedCheckpoint as e:
+            if i == 0:
+                raise OkdError(f"{e}, and no intact checkpoint precedes it; delete it to start the run over with "
+                               "--resume, or start a new output_dir") from None
+            log.warning("%s; resuming from the checkpoint before it, %s", e, checkpoints[i - 1].name)
+    raise AssertionError("unreachable")
+
+
 def restore(run: Run, resume: bool) -> None:
     """Continue from the newest checkpoint when resuming (models, optimizers, schedulers, RNG, counters)."""
     acc, root = run.accelerator, run.ckpt_root
@@ -197,17 +224,17 @@ def restore(run: Run, resume: bool) -> None:
         clean_temporary(root)  # what a kill in the middle of a save left behind
     acc.wait_for_everyone()
     if resume and checkpoint_dirs(root):
-        last = checkpoint_dirs(root)[-1]
-        student, online = run.strategy.unwrapped()
-        state, method_state = load_checkpoint(last, student=student, online=online, optimizers=run.optimizers,
-                                              schedulers=run.schedulers, rank=acc.process_index,
-                                              **run.strategy.load_args())
+        state, method_state, last = _load_newest_intact(run, checkpoint_dirs(root))
         run.method.load_state_dict(method_state)
-        run.state = RunState.from_dict(state)
+        data_sha256, run.state = run.state.data_sha256, RunState.from_dict(state)
+        run.state.data_sha256 = data_sha256
         log.info("resumed from %s (step %d)", last, run.state.step)
         if state.get("num_processes", acc.num_processes) != acc.num_processes:
             log.warning("resumed with %d processes, the run had %d: the data order and random streams differ from "
                         "an uninterrupted run", acc.num_processes, state["num_processes"])
+        if state.get("data_sha256") not in (None, data_sha256):
+            log.warning("the training data differ from those the checkpoint was trained on (data.train, its filters "
+                        "or data.max_length changed): the resumed run sees other examples than an uninterrupted one")
     elif resume:
         log.info("no checkpoint in %s; starting from scratch", root)
     run.state.num_processes = acc.num_processes
@@ -252,8 +279,8 @@ def setup(cfg: Config, *, resume: bool, progress: bool) -> Run:
                        cfg.train.seed, cfg.data.group_by_length)
     run = Run(cfg=cfg, out=out, accelerator=accelerator, strategy=strategy, method=method, tokenizer=tokenizer,
               optimizers=optimizers, schedulers=schedulers, features=features, valid_features=valid_features,
-              collate=Collator(tokenizer.pad_token_id, pad_to_multiple_of=pad), order=order, state=RunState(),
-              data_stats=stats)
+              collate=Collator(tokenizer.pad_token_id, pad_to_multiple_of=pad), order=order,
+              state=RunState(data_sha256=data_sha256(features)), data_stats=stats)
     restore(run, resume)
     if cfg.train.trackers:
         # flat scalars: TensorBoard's hparams take nothing else

@@ -37,6 +37,7 @@ class RunState:
     train_s: float = 0.0
     skipped: int = 0
     num_processes: int = 1
+    data_sha256: str | None = None  # the encoded training data (okd.train.setup.data_sha256)
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunState":  # checkpoints written before a field existed lack it
@@ -47,20 +48,42 @@ class RunState:
         return dataclasses.asdict(self)
 
 
+class RunFinished(Exception):
+    """`--resume` of a run that already reached its train.max_steps: nothing to do (not an error: a job
+    script that resumes after a pre-emption may find its run just finished)."""
+
+
+def _step_of(checkpoint: Path) -> int:
+    try:
+        return int(json.loads((checkpoint / "state.json").read_text()).get("step", 0))
+    except (OSError, ValueError, AttributeError):
+        return int(checkpoint.name.removeprefix("step-") or 0) if checkpoint.name.removeprefix("step-").isdigit() else 0
+
+
 def prepare_output_dir(cfg: Config, resume: bool) -> Path:
     out = Path(cfg.output_dir)
-    has_run = (out / "checkpoints").is_dir() and checkpoint_dirs(out / "checkpoints") or (out / "summary.json").is_file()
-    if has_run and not resume:
+    ckpts = checkpoint_dirs(out / "checkpoints")
+    finished = (out / "summary.json").is_file()
+    if (ckpts or finished) and not resume:
         raise OkdError(f"output_dir {str(out)!r} already holds a run; pass --resume to continue it or choose "
                        "another output_dir (okd never overwrites a run)")
     if out.exists() and not out.is_dir():
         raise OkdError(f"output_dir {str(out)!r} is a file, not a directory; choose another output_dir")
-    if resume and (out / "summary.json").is_file():
-        done = checkpoint_dirs(out / "checkpoints")
-        step = json.loads((done[-1] / "state.json").read_text()).get("step", 0) if done else 0
-        if step >= cfg.train.max_steps:
-            raise OkdError(f"the run in {str(out)!r} is finished (step {step}, train.max_steps={cfg.train.max_steps}); "
-                           "nothing to resume. Raise train.max_steps to train further, or choose another output_dir")
+    max_steps = cfg.train.max_steps
+    if resume and ckpts and _step_of(ckpts[-1]) > max_steps:
+        step = _step_of(ckpts[-1])
+        raise OkdError(f"cannot resume {str(out)!r} with train.max_steps={max_steps}: its checkpoint is at step {step}, "
+                       f"beyond it; set train.max_steps to at least {step} (the run's own: "
+                       f"{_old_max_steps(out)}), or choose another output_dir")
+    if resume and finished:
+        steps = _step_of(ckpts[-1]) if ckpts else _summary_steps(out)
+        if steps == max_steps:
+            raise RunFinished(f"the run in {str(out)!r} is finished (step {steps} of train.max_steps={max_steps}); "
+                              "nothing to do (raise train.max_steps to train further)")
+        if not ckpts:
+            raise OkdError(f"output_dir {str(out)!r} holds a finished run ({steps} steps: student/, summary.json) and "
+                           "no checkpoint to continue it from, so --resume would train over it from the start; okd "
+                           "never overwrites a run: choose another output_dir")
     try:
         out.mkdir(parents=True, exist_ok=True)
         probe = out / f".write-test-{os.getpid()}"  # one per process: launched processes probe at once
@@ -69,6 +92,22 @@ def prepare_output_dir(cfg: Config, resume: bool) -> Path:
     except OSError as e:
         raise OkdError(f"output_dir {str(out)!r} is not writable ({e.strerror}); choose another output_dir") from None
     return out
+
+
+def _summary_steps(out: Path) -> int | None:
+    try:
+        return json.loads((out / "summary.json").read_text()).get("steps")
+    except (OSError, ValueError, AttributeError):
+        return None
+
+
+def _old_max_steps(out: Path):
+    import yaml
+
+    try:
+        return ((yaml.safe_load((out / "config.yaml").read_text()) or {}).get("train") or {}).get("max_steps", "?")
+    except (OSError, yaml.YAMLError, AttributeError):
+        return "?"
 
 
 def check_resumed_config(out: Path, cfg: Config) -> list[str]:

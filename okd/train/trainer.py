@@ -36,7 +36,7 @@ from okd.train.interrupt import GracefulInterrupt, TrainingInterrupted
 from okd.train.lock import run_lock
 from okd.train.preflight import preflight
 from okd.train.setup import Run, setup
-from okd.train.state import MetricsLog
+from okd.train.state import MetricsLog, RunFinished
 from okd.train.validation import evaluate
 
 log = logging.getLogger(__name__)
@@ -49,7 +49,12 @@ def train(cfg: Config, *, resume: bool = False, progress: bool = True) -> Path:
     for warning in preflight(cfg):  # everything that would fail later, before any model loads
         log.warning(warning)
     with run_lock(cfg.output_dir, enabled=os.environ.get("RANK", "0") == "0"):  # one run per output_dir
-        return loop(setup(cfg, resume=resume, progress=progress), progress)
+        try:
+            run = setup(cfg, resume=resume, progress=progress)
+        except RunFinished as done:  # --resume of a run that had just finished: say so, and succeed
+            log.warning("%s", done)
+            return Path(cfg.output_dir)
+        return loop(run, progress)
 
 
 def loop(run: Run, progress: bool) -> Path:
