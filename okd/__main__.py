@@ -1,5 +1,5 @@
 import sys
 
-from okd.cli import main
+from okd.command import main
 
 sys.exit(main())

@@ -130,6 +130,8 @@ class MethodConfig(Section):
 
     @property
     def resolved_divergence(self) -> str:
+        if self.name == "sft":  # its loss whatever method.divergence says (a warning names the key as unused)
+            return "ce"
         return self.divergence or METHOD_DEFAULTS[self.name][0]
 
     @property

@@ -53,8 +53,10 @@ def push_plan(run_dir: Path, *, online_module: bool = True) -> list[tuple[str, P
 
 def _hub_error(e: Exception, repo_id: str) -> OkdError:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
-    hint = "log in with `hf auth login` or set HF_TOKEN" if "401" in first or "403" in first or "token" in \
-        first.lower() else "check the repository name, your network and your hub permissions"
+    offline = any(w in type(e).__name__ for w in ("Connect", "Timeout", "Network")) or "resolve" in first.lower()
+    hint = ("the hub could not be reached: check the network (or HF_ENDPOINT) and push again" if offline
+            else "log in with `hf auth login` or set HF_TOKEN" if "401" in first or "403" in first
+            or "token" in first.lower() else "check the repository name, your network and your hub permissions")
     return OkdError(f"push to {repo_id} failed ({type(e).__name__}: {first}); {hint}")
 
 
@@ -63,7 +65,6 @@ def push_run(run: str | Path, repo_id: str, *, token: str | None = None, private
              log: Callable[[str], None] = print) -> str:
     """Push a finished run to `repo_id` (created if needed) in one commit; returns the commit's URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
-    from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 
     from okd.cards import ensure_cards
 
@@ -80,7 +81,8 @@ def push_run(run: str | Path, repo_id: str, *, token: str | None = None, private
         info = api.create_commit(repo_id, [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in plan],
                                  commit_message=commit_message or f"okd run {run_dir.name}", revision=revision,
                                  repo_type="model")
-    except (HfHubHTTPError, HFValidationError, OSError, ValueError) as e:
+    except Exception as e:  # noqa: BLE001 - HfHubHTTPError, HFValidationError, and the HTTP client's own
+        # errors (huggingface_hub's client library changes between versions: httpx, httpx2, requests)
         raise _hub_error(e, repo_id) from None
     url = getattr(info, "commit_url", None) or f"https://huggingface.co/{repo_id}"
     return str(url)

@@ -24,8 +24,16 @@ from okd.errors import OkdError
 
 def okd_home() -> Path:
     """The cache root: `$OKD_HOME`, else `~/.cache/okd`; created on demand."""
-    home = Path(os.environ.get("OKD_HOME") or Path.home() / ".cache" / "okd").expanduser()
-    home.mkdir(parents=True, exist_ok=True)
+    given = os.environ.get("OKD_HOME")
+    home = Path(given or Path.home() / ".cache" / "okd").expanduser()
+    what = f"OKD_HOME {given!r}" if given else f"the cache directory {str(home)!r}"
+    if home.exists() and not home.is_dir():
+        raise OkdError(f"{what} is a file, not a directory; point OKD_HOME at a directory (okd keeps its model and "
+                       "data caches there)")
+    try:
+        home.mkdir(parents=True, exist_ok=True)
+    except OSError as e:
+        raise OkdError(f"{what} cannot be created ({e.strerror}); point OKD_HOME at a writable directory") from None
     return home
 
 

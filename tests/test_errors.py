@@ -177,6 +177,10 @@ CASES = [
      r"method\.teacher=online does not combine with method\.name=seqkd"),
     ("minillm-online-teacher", lambda w, b, t: [*b, "method.name=minillm", "method.teacher=online"],
      r"does not combine with method\.name=minillm"),
+    ("ce-for-a-distilling-method", lambda w, b, t: [*b, "method.name=fkd", "method.divergence=ce"],
+     r"method\.divergence=ce is the ground-truth cross-entropy, which fkd does not train on"),
+    ("ce-for-okd", lambda w, b, t: [*b, "method.name=okd", "method.divergence=ce"],
+     r"method\.divergence=ce is the ground-truth cross-entropy, which okd does not train on"),
     ("minillm-other-divergence", lambda w, b, t: [*b, "method.name=minillm", "method.divergence=fkl"],
      r"minillm optimises the sequence-level reverse KL"),
     ("online-layers-out-of-range", lambda w, b, t: [*b, "online.layers=9"], r"online\.layers=9: the teacher has 4 layers"),
@@ -399,7 +403,7 @@ def test_catalogue_is_documented():
     """Every case id is a row of docs/errors.md, and the catalogue has at least 20 mistakes."""
     doc = (ROOT / "docs" / "errors.md").read_text()
     ids = [c[0] for c in CASES] + ["existing-run-without-resume", "resume-finished-run", "resume-changed-config",
-                                   "resume-over-a-finished-run", "resume-below-checkpoint",
+                                   "resume-over-a-finished-run", "resume-below-checkpoint", "cache-temperature-not-stored",
                                    "checkpoint-of-another-model", "processes-did-not-join", "nan-loss",
                                    "interrupted", "sigterm", "checkpoint-save-failed", "deepspeed-generating-method",
                                    "deepspeed-config-refused", "checkpoint-other-distributed-setting", "fsdp2-refused",

@@ -53,6 +53,37 @@ def test_rouge_matches_rouge_score_and_hand_value():
         rouge_l(["a"], [])
 
 
+def test_unicode_rouge_tokenizer_scores_every_script_and_the_default_warns():
+    """rouge-score's tokenizer drops non-ASCII text (an identical answer scores 0); the Unicode one scores it
+    100, tokenises CJK character by character (hand LCS) and agrees with the default on English."""
+    from okd.eval.rouge import UnicodeTokenizer, reference_loss, tokenizer_warning
+
+    same = ["猫坐在垫子上", "Кошка сидела на коврике", "Ça coûte très cher"]
+    assert rouge_l_per_example(same[:2], same[:2]) == [0.0, 0.0]  # the paper's tokenizer: nothing left
+    assert rouge_l_per_example(same, same, "unicode") == [100.0, 100.0, 100.0]
+    assert UnicodeTokenizer().tokenize("猫坐 on mats!") == ["猫", "坐", "on", "mat"]
+    # LCS of 猫坐在垫子上 and 猫在垫上: 猫在垫上 = 4 of 6 and 4 of 4 -> F1 = 2*(4/6)*1/(4/6+1) = 0.8
+    assert rouge_l_per_example(["猫在垫上"], ["猫坐在垫子上"], "unicode")[0] == pytest.approx(80.0)
+    english = (["the cat sat on the mat", "Running dogs run quickly."], ["the cat is on the mat", "a dog runs quick"])
+    assert rouge_l_per_example(*english, "unicode") == pytest.approx(rouge_l_per_example(*english))
+    assert reference_loss(["猫坐在垫子上"]) == 1.0 and reference_loss(["plain words"]) == 0.0
+    assert tokenizer_warning("zh", same[:2], "default").startswith("ROUGE-L on zh: rouge-score's tokenizer keeps "
+                                                                   "ASCII letters and digits only, and drops 100%")
+    assert tokenizer_warning("en", english[1], "default") is None and tokenizer_warning("zh", same, "unicode") is None
+
+
+def test_eval_predictions_with_the_unicode_tokenizer(tmp_path, capsys):
+    from okd.cli import main
+
+    f = tmp_path / "p.jsonl"
+    f.write_text(json.dumps({"prediction": "猫坐在垫子上", "output": "猫坐在垫子上"}, ensure_ascii=False) + "\n")
+    assert main(["eval", "--predictions", str(f), "-o", str(tmp_path / "d.json")]) == 0
+    assert "drops 100% of its references' characters" in capsys.readouterr().err
+    assert json.loads((tmp_path / "d.json").read_text())["datasets"]["p"]["rougeL"]["mean"] == 0.0
+    assert main(["eval", "--predictions", str(f), "--rouge-tokenizer", "unicode", "-o", str(tmp_path / "u.json")]) == 0
+    assert json.loads((tmp_path / "u.json").read_text())["datasets"]["p"]["rougeL"]["mean"] == 100.0
+
+
 # ------------------------------------------------------------------ generation
 
 def test_same_seed_same_samples_and_rng_untouched(tok, prompts):

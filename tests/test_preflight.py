@@ -124,6 +124,8 @@ WARNINGS = [
      r"^method\.beta, method\.lmbda, online\.rank do nothing for method\.name=fkd \(divergence fkl, teacher frozen\)"),
     (["method.name=sft", "method.temperature=2"], r"^method\.temperature does nothing for method\.name=sft"),
     (["method.name=seqkd", "method.top_p=0.9"], r"^method\.top_p does nothing for method\.name=seqkd"),
+    (["method.name=sft", "method.divergence=fkl"], r"^method\.divergence does nothing for method\.name=sft "
+                                                   r"\(divergence ce, teacher none\)"),
     (["train.warmup_steps=5", "train.max_steps=3"], r"train\.warmup_steps=5 is not below train\.max_steps=3: the "
                                                     r"learning rate never reaches train\.lr"),
     (["train.save_every=10", "train.max_steps=3"], r"train\.save_every=10 is not below train\.max_steps=3"),

@@ -142,15 +142,22 @@ def test_top_k_buckets_are_exact_at_stored_temperatures_and_bound_the_loss(env, 
             assert torch.isfinite(sparse).all() and (sparse <= full + 1e-3).all(), kind  # data processing
 
 
-def test_unstored_temperature_treats_the_tail_as_one_token(small_cache, env, caplog):
+def test_unstored_temperature_is_refused(small_cache, env, tiny_dirs, tiny_data, tmp_path):
+    """A cache without the tail mass at the run's τ cannot give its loss (the one-token tail was 130x off at τ = 2):
+    refused by the loss and, before anything is written, by okd train; a stored τ trains."""
     cache = open_cache(small_cache)
     ids, logp, log_tail = cache.lookup("train", [4])
-    with caplog.at_level("WARNING", logger="okd.losses.topk"):
-        t = sparse_teacher(ids, logp, log_tail, vocab_size=env["V"], temperatures=cache.tail_temperatures,
-                           temperature=3.0)
-    assert "--temperature 3" in caplog.text
-    approx = torch.cat([logp / 3.0, log_tail[:, :1] / 3.0], -1)  # p_T^(1/τ) for the tail
-    torch.testing.assert_close(t.log_buckets, F.log_softmax(approx, -1))
+    with pytest.raises(OkdError, match=r"holds the teacher's tail mass at τ = 1, 2 only, not at method.temperature=3"):
+        sparse_teacher(ids, logp, log_tail, vocab_size=env["V"], temperatures=cache.tail_temperatures, temperature=3.0)
+    from okd.train import train
+
+    out = tmp_path / "run"
+    args = _overrides(tiny_dirs, tiny_data, **{"teacher.cache": str(small_cache), "method.temperature": 3.0,
+                                               "output_dir": str(out), "train.max_steps": 1})
+    with pytest.raises(OkdError, match=r"teacher.cache '.*' holds the teacher's tail mass at τ = 1, 2 only, not at "
+                                       r"method.temperature=3 .*--temperature 3"):
+        train(build_config({}, args), progress=False)
+    assert not out.exists() or not any(out.iterdir())
 
 
 @pytest.mark.parametrize("tau,has_tail,ce", [(1.0, True, 0.0), (2.0, True, 0.5), (0.5, False, 0.3), (1.0, False, 0.4)])

@@ -36,6 +36,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    try:
+        return _main(argv)
+    except KeyboardInterrupt:  # (also while the libraries import, before any command runs)
+        print("okd: interrupted", file=sys.stderr)
+        return 130
+
+
+def _main(argv: list[str] | None) -> int:
     quiet_libraries()  # before anything imports transformers or DeepSpeed
     parser = build_parser()
     args, extra = parser.parse_known_args(argv)
@@ -53,9 +61,6 @@ def main(argv: list[str] | None = None) -> int:
         code = getattr(e, "exit_code", 2)  # 130 for a Ctrl-C that stopped training cleanly
         print(f"okd: {'error: ' if code == 2 else ''}{e}", file=sys.stderr)
         return code
-    except KeyboardInterrupt:
-        print("okd: interrupted", file=sys.stderr)
-        return 130
 
 
 if __name__ == "__main__":

@@ -65,6 +65,10 @@ def _analyze(args) -> int:
     from okd.train.preflight import check_output_dir
 
     check_output_dir(args.output, "-o")  # before any training or model loading
+    if args.thresholds and not 0 <= args.thresholds[0] <= args.thresholds[1] <= 1:
+        lo, hi = args.thresholds
+        raise OkdError(f"--thresholds {lo:g} {hi:g}: give LO HI with 0 <= LO <= HI <= 1 (the UNC values that split "
+                       "tokens into easy < LO <= medium < HI <= hard)")
 
     run_analysis(args.teacher, _students(args), args.eval_data or args.data, args.output, split=args.split,
                  template=args.template, limit=args.limit, max_length=args.max_length,

@@ -30,6 +30,9 @@ SETTINGS: list[tuple[str, dict, str]] = [
     ("limit", {"type": positive_int}, "use the first N examples of each set"),
     ("batch_size", {"type": positive_int}, "generation batch size (default {})"),
     ("dtype", {"choices": list(get_args(DType))}, "model dtype (default {})"),
+    ("rouge_tokenizer", {"choices": ["default", "unicode"]},
+     "ROUGE-L tokenizer: default = rouge-score's, the paper's (ASCII letters and digits only); unicode = words "
+     "of any script, each CJK character a word (default {})"),
     ("exposure.samples", {"type": positive_int}, "sampled prefixes per prompt and model (default {})"),
     ("exposure.max_len", {"type": positive_int}, "ExAccErr curve length in tokens (default {})"),
     ("exposure.length", {"type": positive_int}, "l of the headline ExAccErr(l) (default {})"),
@@ -98,7 +101,8 @@ def _eval(args) -> int:
     if args.predictions:
         if args.teacher or args.data:
             raise OkdError("--predictions scores existing files; drop --teacher/--data or use --model instead")
-        results = score_predictions(args.predictions, args.output)
+        results = score_predictions(args.predictions, args.output,
+                                    rouge_tokenizer=settings_from_args(args).rouge_tokenizer, log=status)
     else:
         if not args.data:
             raise OkdError("okd eval --model needs at least one --data FILE_OR_PRESET")

@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import argparse
 
+from okd.errors import OkdError
+
 PLOT_EPILOG = """\
 Panels (each where some run logged it): training loss, validation CE, and for online-teacher runs (OKD)
 the module dynamics: KL(base teacher ‖ student) and KL(online teacher ‖ student), the teacher's CE on
@@ -50,6 +52,19 @@ def register(sub) -> None:
     q.set_defaults(func=_push)
 
 
+def check_figure_name(path: str) -> None:
+    """The figure's file name must end with a format matplotlib writes (it picks the format by the suffix)."""
+    from pathlib import Path
+
+    from matplotlib.figure import Figure
+
+    formats = Figure().canvas.get_supported_filetypes()
+    suffix = Path(path).suffix.lower().lstrip(".")
+    if suffix not in formats:
+        raise OkdError(f"-o {path!r}: matplotlib writes {', '.join('.' + f for f in sorted(formats))} figures, "
+                       f"chosen by the file name's ending; give e.g. {Path(path).with_suffix('.png').name!r}")
+
+
 def _plot(args) -> int:
     from okd.eval.curves import plot_runs, resolve_run
     from okd.train.preflight import check_output_file
@@ -57,6 +72,7 @@ def _plot(args) -> int:
     for run in args.runs:  # every run exists before anything is drawn
         resolve_run(run)
     check_output_file(args.output, "-o", "curves.png")
+    check_figure_name(args.output)
     path = plot_runs(args.runs, args.output, labels=args.labels, x=args.x, title=args.title)
     print(f"figure: {path}")
     return 0

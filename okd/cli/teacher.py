@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import logging
 
+from okd.cli.args import check_device, torch_device
 from okd.errors import OkdError
 
 EPILOG = """\
@@ -41,7 +42,7 @@ def register(sub) -> None:
                    help="storage of the log-probabilities (float32 for exact comparisons)")
     c.add_argument("--batch-size", type=int, default=8, help="teacher batch size (default 8)")
     c.add_argument("--shard-examples", type=int, default=SHARD_EXAMPLES, help="examples per shard")
-    c.add_argument("--device", default=None, help="cuda, cpu, ... (default: cuda if available)")
+    c.add_argument("--device", default=None, type=torch_device, help="cuda, cpu, ... (default: cuda if available)")
     c.add_argument("--quiet", action="store_true", help="no progress bar")
     c.set_defaults(func=run)
     p.set_defaults(func=lambda args: (p.print_help(), 2)[1])
@@ -71,6 +72,7 @@ def run(args) -> int:
         raise OkdError("--batch-size and --shard-examples must be >= 1")
     if any(not t > 0 for t in args.temperature):
         raise OkdError(f"--temperature must be > 0, got {min(args.temperature)}")
+    check_device(args.device)
     cfg = load_config(args.config, args.overrides)
     manifest = build_teacher_cache(cfg, args.output, top_k=top_k, temperatures=args.temperature, dtype=args.dtype,
                                    batch_size=args.batch_size, shard_examples=args.shard_examples,

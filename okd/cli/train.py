@@ -14,7 +14,7 @@ Config sections and common keys (any key can be overridden as section.key=value)
   data.train, data.valid        JSONL/JSON file, directory, hub dataset id, or preset (okd data list)
   data.template                 alpaca | chat | plain;    data.max_length
   method.name                   {' | '.join(METHODS)}
-  method.divergence             fkl | rkl | jsd | tvd | skl | srkl | ce (default: the method's own)
+  method.divergence             fkl | rkl | jsd | tvd | skl | srkl (default: the method's own; ce for sft, seqkd)
   method.teacher                online | frozen (e.g. method.name=rkd method.teacher=online)
   method.temperature, method.beta, method.lmbda, method.alpha
   online.rank, online.lora_alpha, online.alpha, online.lr, online.layers (top k or a list)

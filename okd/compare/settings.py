@@ -8,7 +8,7 @@ from okd.eval.config import EvalConfig, ExposureConfig
 
 # Settings added in the stamp of an evaluation only where they differ from okd eval's defaults, so
 # evaluations stamped before these keys existed still count as done.
-_EXTRA_SETTINGS = {False: ("temperature", "top_p", "top_k", "dtype"), True: ("max_length", "dtype")}
+_EXTRA_SETTINGS = {False: ("temperature", "top_p", "top_k", "dtype", "rouge_tokenizer"), True: ("max_length", "dtype")}
 
 
 def eval_settings(plan: Plan, exposure: bool) -> dict:
@@ -37,7 +37,8 @@ def eval_config(plan: Plan, exposure: bool) -> EvalConfig:
                   dtype=ev.dtype)
     if not exposure:
         return EvalConfig(**common, seeds=ev.seeds, greedy=ev.greedy, temperature=ev.temperature, top_p=ev.top_p,
-                          top_k=ev.top_k, max_new_tokens=ev.max_new_tokens, limit=ev.limit)
+                          top_k=ev.top_k, max_new_tokens=ev.max_new_tokens, limit=ev.limit,
+                          rouge_tokenizer=ev.rouge_tokenizer)
     ex = ev.exposure
     return EvalConfig(**common, greedy=True, max_new_tokens=min(ev.max_new_tokens, 16), limit=ex.prompts,
                       exposure=ExposureConfig(samples=ex.samples, max_len=ex.max_len, length=ex.length))

@@ -67,6 +67,8 @@ class EvalConfig(_Settings):
     limit: AtLeastOne | None = None  # the first N examples of each set
     batch_size: AtLeastOne = 16
     dtype: DType = "float32"
+    # ROUGE-L's tokenizer: rouge-score's (the paper's: ASCII letters and digits only) or okd.eval.rouge's Unicode one
+    rouge_tokenizer: Literal["default", "unicode"] = "default"
     exposure: ExposureConfig = ExposureConfig()
 
     @field_validator("temperature")
@@ -81,7 +83,7 @@ class EvalConfig(_Settings):
         return dict(split=self.split, template=self.template, seeds=None if self.greedy else self.seeds,
                     greedy=self.greedy, temperature=self.temperature, top_p=self.top_p, top_k=self.top_k,
                     max_new_tokens=self.max_new_tokens, max_prompt_length=self.max_prompt_length,
-                    limit=self.limit, batch_size=self.batch_size)
+                    limit=self.limit, batch_size=self.batch_size, rouge_tokenizer=self.rouge_tokenizer)
 
 
 def describe_errors(error: ValidationError, name: Callable[[str], str], unknown: str) -> str:

@@ -17,7 +17,7 @@ from pathlib import Path
 from okd.errors import OkdError
 from okd.eval.config import EvalConfig
 from okd.eval.follow import context_length, fit_prompts, locate_run, shared_context
-from okd.eval.rouge import rouge_l_per_example
+from okd.eval.rouge import rouge_l_per_example, tokenizer_warning
 from okd.generation import generate, generate_seeds, pad_id
 
 _log = logging.getLogger(__name__)
@@ -106,6 +106,8 @@ def _sample_and_score(model, tok, examples, prompts, name: str, output: Path, s:
     """One generation pass per seed (or one greedy pass): ROUGE-L per run and the prediction files."""
     runs = [("greedy", None)] if s.greedy else [(f"seed{k}", k) for k in range(s.seeds)]
     refs = [ex.response for ex in examples]
+    if warning := tokenizer_warning(name, refs, s.rouge_tokenizer):
+        log(f"warning: {warning}")
     entry: dict = {"examples": len(examples), "predictions": []}
     per_run, tokens, gen_s = [], 0, 0.0
     # every seed in one call: each batch's prompts are read once for all seeds (okd.generation)
@@ -113,7 +115,7 @@ def _sample_and_score(model, tok, examples, prompts, name: str, output: Path, s:
                           temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, greedy=s.greedy,
                           batch_size=s.batch_size, progress=progress)
     for (run_name, seed), gen in zip(runs, gens):
-        scores = rouge_l_per_example(gen.texts, refs)
+        scores = rouge_l_per_example(gen.texts, refs, s.rouge_tokenizer)
         per_run.append(sum(scores) / len(scores))
         tokens, gen_s = tokens + gen.num_tokens, gen_s + gen.elapsed_s
         pred_path = output.with_name(f"{output.stem}.{name}.{run_name}.jsonl")
@@ -236,13 +238,16 @@ def read_predictions(path: str | Path) -> tuple[list[str], list[str]]:
     return preds, refs
 
 
-def score_predictions(files: list[str], output: str | Path | None = None) -> dict:
+def score_predictions(files: list[str], output: str | Path | None = None, *, rouge_tokenizer: str = "default",
+                      log=_log.warning) -> dict:
     """ROUGE-L of prediction files (no model); each file is one dataset row."""
-    results: dict = {"datasets": {}}
+    results: dict = {"datasets": {}, "settings": {"rouge_tokenizer": rouge_tokenizer}}
     taken: set[str] = set()
     for f in files:
         preds, refs = read_predictions(f)
-        scores = rouge_l_per_example(preds, refs)
+        if warning := tokenizer_warning(str(f), refs, rouge_tokenizer):
+            log(f"warning: {warning}")
+        scores = rouge_l_per_example(preds, refs, rouge_tokenizer)
         mean = sum(scores) / len(scores)
         results["datasets"][dataset_name(f, taken)] = {
             "source": str(f), "examples": len(scores), "rougeL": {**mean_std([mean]), "per_seed": [mean]},

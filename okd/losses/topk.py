@@ -18,10 +18,11 @@ k + 1 buckets. Why this and not renormalised top-k (p and q restricted to S and 
     over T in the student's own proportions.
 Temperature: the tempered top-k is exact up to its normaliser (log p_i^τ = log p_i/τ − log Z_τ), but
 Z_τ needs Σ_{j∈T} p_j^(1/τ), which only the full vocabulary gives. At a temperature the cache stored
-(τ = 1 always; `okd teacher cache --temperature`) the bucketed loss is exact as above. At any other τ the
-tail is treated as one token, Σ_T p_j^(1/τ) ≈ p_T^(1/τ) (a lower bound for τ > 1, an upper bound for
-τ < 1), with a warning; at k = V the tail is empty and every τ is exact. (Renormalised top-k is the
-estimator for which every τ is exact, at the price of the blind spot above.)
+(τ = 1 always; `okd teacher cache --temperature`) the bucketed loss is exact as above. Any other τ is
+refused (treating the tail as one token, Σ_T p_j^(1/τ) ≈ p_T^(1/τ), was measured 130× off the live
+teacher's loss at τ = 2 where the tail holds most of the mass); at k = V the tail is empty and every τ
+is exact. (Renormalised top-k is the estimator for which every τ is exact, at the price of the blind
+spot above.)
 The CE term (method.ce_weight) and τ² factor are those of okd.methods.kd.student_token_loss.
 
 Memory: student logits are formed chunk by chunk (okd.losses.chunked_pair_loss; the chunk's row numbers
@@ -30,19 +31,17 @@ travel as its "labels" to index the teacher rows), never for all tokens at once.
 
 from __future__ import annotations
 
-import logging
 from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
 
 from okd.config import DIVERGENCES
+from okd.errors import OkdError
 from okd.losses.chunked import CHUNK_SIZE, chunked_pair_loss
 from okd.losses.divergence import token_ce, token_divergence
 from okd.losses.protocol import ClosedFormLoss
 
-log = logging.getLogger(__name__)
-_warned: set = set()
 
 
 class SparseTeacher(NamedTuple):
@@ -53,11 +52,17 @@ class SparseTeacher(NamedTuple):
     has_tail: bool  # k < V
 
 
-def tail_at(log_tail: torch.Tensor, temperatures: list[float], tau: float) -> tuple[torch.Tensor, bool]:
-    """log Σ_T p^(1/τ) [N] from the cache's columns [N, m]: (stored value, True) or (log p_T / τ, False)."""
-    if float(tau) in temperatures:
-        return log_tail[:, temperatures.index(float(tau))], True
-    return log_tail[:, 0] / tau, False
+def tail_at(log_tail: torch.Tensor, temperatures: list[float], tau: float) -> torch.Tensor:
+    """log Σ_T p^(1/τ) [N] from the cache's columns [N, m]; a temperature the cache did not store is an error."""
+    if float(tau) not in temperatures:
+        raise OkdError(unstored_temperature(tau, temperatures))
+    return log_tail[:, temperatures.index(float(tau))]
+
+
+def unstored_temperature(tau: float, temperatures, where: str = "the teacher cache") -> str:
+    return (f"{where} holds the teacher's tail mass at τ = {', '.join(f'{t:g}' for t in temperatures)} only, not at "
+            f"method.temperature={tau:g} (its loss cannot be computed exactly from the top-k); rebuild it with "
+            f"`okd teacher cache ... --temperature {tau:g}`, or train at a stored temperature")
 
 
 def sparse_teacher(ids, logp, log_tail, *, vocab_size: int, temperatures=(1.0,), temperature: float = 1.0):
@@ -69,12 +74,7 @@ def sparse_teacher(ids, logp, log_tail, *, vocab_size: int, temperatures=(1.0,),
     has_tail = k < vocab_size
     z = logp.float() if temperature == 1.0 else logp.float() / temperature
     if has_tail:
-        tail, exact = tail_at(log_tail.float(), [float(t) for t in temperatures], temperature)
-        if not exact and temperature not in _warned:
-            _warned.add(temperature)
-            log.warning("teacher cache holds no tail mass at τ=%g (it has %s): the tail is treated as one "
-                        "token; rebuild with `okd teacher cache --temperature %g` for the exact bucketed loss",
-                        temperature, list(temperatures), temperature)
+        tail = tail_at(log_tail.float(), [float(t) for t in temperatures], temperature)
         z = torch.cat([z, tail[:, None]], dim=-1)
     return SparseTeacher(ids=ids, log_buckets=F.log_softmax(z, dim=-1), has_tail=has_tail)
 

@@ -19,6 +19,7 @@ from okd.methods.okd import OnlineTeacherKD
 from okd.methods.onpolicy import GKD, OnPolicyKD
 from okd.methods.seqkd import SeqKD
 
+CE_METHODS = {"sft", "seqkd"}  # the methods whose loss may be the cross-entropy (seqkd: on the teacher's answers)
 # Ground-truth methods: the class depends only on the teacher mode.
 GROUND_TRUTH = {"fkd", "rkd", "jsd", "tvd", "okd"}
 # Methods that generate; their class handles both teacher modes unless refused below.
@@ -28,6 +29,10 @@ assert set(GENERATING) == set(GENERATING_METHODS)  # okd.config keeps the one li
 
 def method_class(cfg: Config) -> type[Method]:
     name, teacher = cfg.method.name, cfg.method.resolved_teacher
+    if cfg.method.resolved_divergence == "ce" and name not in CE_METHODS:
+        raise OkdError(f"method.divergence=ce is the ground-truth cross-entropy, which {name} does not train on: it "
+                       "distils a teacher distribution with fkl, rkl, jsd, tvd, skl or srkl; choose one of them (add "
+                       "CE with method.ce_weight), or method.name=sft")
     if cfg.teacher.cache:  # the frozen teacher's side read from `okd teacher cache` output
         check_cache_method(cfg)
         return CachedTeacherKD

@@ -34,6 +34,7 @@ def preflight(cfg: Config) -> list[str]:
     _check_trackers(cfg)
     check_output_dir(cfg.output_dir)
     _check_method_files(cfg)
+    _check_cache(cfg)
     _check_models(cfg)  # (a missing model is named before missing data, as the trainer always did)
     _check_data(cfg)
     return unused_settings(cfg) + schedule_warnings(cfg)
@@ -46,6 +47,24 @@ def _required(cfg: Config) -> None:
         raise OkdError("student.path is not set")
     if cfg.method.resolved_teacher != "none" and not (cfg.teacher.path or cfg.teacher.cache):
         raise OkdError(f"method {cfg.method.name!r} needs a teacher; set teacher.path (or teacher.cache)")
+
+
+def _check_cache(cfg: Config) -> None:
+    """teacher.cache at a temperature whose tail mass it does not hold: its loss would be wrong (refused here,
+    before anything is written; the rest of the cache is checked when it is opened)."""
+    import json
+
+    from okd.losses.topk import unstored_temperature
+
+    if not cfg.teacher.cache or cfg.method.resolved_teacher != "frozen":
+        return
+    try:
+        m = json.loads((Path(cfg.teacher.cache).expanduser() / "manifest.json").read_text())
+        k, vocab, temps = int(m["top_k"]), int(m["vocab_size"]), [float(t) for t in m["tail_temperatures"]]
+    except (OSError, ValueError, KeyError, TypeError):
+        return  # missing or not a cache: open_cache names it
+    if k < vocab and float(cfg.method.temperature) not in temps:
+        raise OkdError(unstored_temperature(cfg.method.temperature, temps, f"teacher.cache {cfg.teacher.cache!r}"))
 
 
 def _check_precision(cfg: Config) -> None:
@@ -172,6 +191,7 @@ def _unused_keys(cfg: Config) -> dict[str, bool]:
     name, div, mode = m.name, m.resolved_divergence, m.resolved_teacher
     sampling = name in ("imitkd", "gkd", "distillm") or (name == "seqkd" and not m.seqkd_greedy)
     used = {
+        "method.divergence": name != "sft" or m.divergence == "ce",
         "method.beta": div == "jsd",
         "method.alpha": div in ("skl", "srkl"),
         "method.lmbda": name == "gkd",
