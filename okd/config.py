@@ -10,6 +10,7 @@ from __future__ import annotations
 import copy
 import datetime
 import os
+import re
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
@@ -73,22 +74,36 @@ Seed = Annotated[Int, _rule(lambda v: 0 <= v < 2**32, "must be between 0 and 429
 NonEmpty = Annotated[str, _rule(lambda v: bool(v.strip()), "must not be empty")]
 
 
+def expand_path(v):
+    """$VAR, ${VAR} and ~ in a path, as a shell would expand them (they would otherwise name directories
+    literally called '$HOME'); a variable that is not set is an error."""
+    if not isinstance(v, str):
+        return v
+    expanded = os.path.expandvars(v)
+    if unset := re.search(r"\$(\{\w+\}|\w+)", expanded):
+        raise ValueError(f"{unset.group(0)} is not set in the environment; set it, or write the path out")
+    return os.path.expanduser(expanded)
+
+
+PathText = Annotated[str, AfterValidator(expand_path)]  # a local path (or a hub id / preset name, left as is)
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True, allow_inf_nan=False)
 
 
 class ModelConfig(Section):
-    path: str | None = None  # local HF directory, hub id, .gguf file, or preset name
+    path: PathText | None = None  # local HF directory, hub id, .gguf file, or preset name
     gguf_file: str | None = None  # file name inside `path` when it is a directory holding a GGUF
     revision: str | None = None
     dtype: Literal["float32", "bfloat16", "float16", "auto"] = "float32"
     trust_remote_code: bool = False
-    cache: str | None = None  # teacher only: a directory from `okd teacher cache` (frozen-teacher methods)
+    cache: PathText | None = None  # teacher only: a directory from `okd teacher cache` (frozen-teacher methods)
 
 
 class DataConfig(Section):
-    train: str | None = None
-    valid: str | None = None
+    train: PathText | None = None
+    valid: PathText | None = None
     template: Literal["alpaca", "chat", "plain"] = "alpaca"
     max_length: Int = 512  # at least 2 (Config._consistent, with the tokenizer's message)
     max_prompt_length: AtLeastOne = 256  # prompts for generation (on-policy methods, eval)
@@ -113,7 +128,7 @@ class MethodConfig(Section):
     max_new_tokens: AtLeastOne = 128
     gen_temperature: NonNegative = 1.0  # 0: greedy
     top_p: Probability = 1.0
-    seqkd_cache: str | None = None  # default: <output_dir>/seqkd_cache.jsonl
+    seqkd_cache: PathText | None = None  # default: <output_dir>/seqkd_cache.jsonl
     seqkd_greedy: bool = True  # seqkd: greedy teacher answers (beam-1 Kim & Rush); false: sample as above
     # distillm (arXiv 2402.03898)
     replay_size: AtLeastOne = 1000
@@ -124,7 +139,7 @@ class MethodConfig(Section):
     # minillm (arXiv 2306.08543)
     mix_alpha: Fraction = 0.2
     clip_eps: Positive = 0.2
-    lm_data: str | None = None  # plain-text file for the optional language-modelling loss
+    lm_data: PathText | None = None  # plain-text file for the optional language-modelling loss
     lm_weight: NonNegative = 1.0
     ppo_epochs: AtLeastOne = 1
 
@@ -224,7 +239,7 @@ class Config(Section):
     method: MethodConfig = MethodConfig()
     online: OnlineConfig = OnlineConfig()
     train: TrainConfig = TrainConfig()
-    output_dir: Annotated[NonEmpty, AfterValidator(os.path.expanduser)] = "runs/okd"  # ~/runs/x: in the home directory
+    output_dir: Annotated[NonEmpty, AfterValidator(expand_path)] = "runs/okd"  # ~/runs/x, $HOME/runs/x: expanded
 
     @model_validator(mode="after")
     def _consistent(self) -> "Config":

@@ -98,3 +98,59 @@ def test_ctrl_c_while_the_command_imports(tmp_path):
     _, err = p.communicate(timeout=120)
     assert p.returncode == 130 and "Traceback" not in err, err
     assert err.strip().splitlines()[-1] == "okd: interrupted"
+
+
+def test_dollar_home_in_paths_is_expanded(monkeypatch, tmp_path):
+    from okd.config import build_config
+    from okd.errors import OkdError
+
+    monkeypatch.setenv("HOME", str(tmp_path))
+    cfg = build_config({}, ["output_dir=$HOME/runs/x", "data.train=${HOME}/d.jsonl", "teacher.path=~/t"])
+    assert (cfg.output_dir, cfg.data.train, cfg.teacher.path) == (f"{tmp_path}/runs/x", f"{tmp_path}/d.jsonl",
+                                                                   f"{tmp_path}/t")
+    monkeypatch.delenv("OKD_NO_SUCH_VAR", raising=False)
+    with pytest.raises(OkdError, match=r"^config key 'data.valid': \$OKD_NO_SUCH_VAR is not set in the environment"):
+        build_config({}, ["data.valid=$OKD_NO_SUCH_VAR/v.jsonl"])
+
+
+def test_a_datasets_save_to_disk_directory_is_read(tiny_data, tmp_path):
+    """An HF datasets directory (save_to_disk) was read as JSON files ('dataset_info.json line 1: record matches no
+    known format'): a Dataset is read whole, a DatasetDict by split (validation for valid)."""
+    import json
+
+    import datasets
+
+    from okd.data import load_examples
+    from okd.errors import OkdError
+
+    rows = [json.loads(line) for line in tiny_data.read_text().splitlines()]
+    datasets.Dataset.from_list(rows).save_to_disk(str(tmp_path / "one"))
+    datasets.DatasetDict({"train": datasets.Dataset.from_list(rows[:10]),
+                          "validation": datasets.Dataset.from_list(rows[10:13])}).save_to_disk(str(tmp_path / "dict"))
+    expected = load_examples(tiny_data)
+    assert [e.response for e in load_examples(tmp_path / "one")] == [e.response for e in expected]
+    assert [e.instruction for e in load_examples(tmp_path / "dict", split="valid")] == \
+        [e.instruction for e in expected[10:13]]
+    assert len(load_examples(tmp_path / "dict")) == 10
+    with pytest.raises(OkdError, match=r"dict: this DatasetDict has no split 'test' \(it has train, validation\)"):
+        load_examples(str(tmp_path / "dict"), split="test")
+
+
+def test_refused_validation_data_names_the_split_and_the_file(tiny_dirs, tmp_path):
+    import json
+
+    from okd.config import build_config
+    from okd.errors import OkdError
+    from okd.train import train
+
+    long = tmp_path / "long.jsonl"
+    long.write_text("".join(json.dumps({"instruction": "word " * 30, "input": "", "output": "answer " * (20 if i < 4 else 1)})
+                            + "\n" for i in range(6)))
+    short = tmp_path / "short.jsonl"
+    short.write_text("".join(json.dumps({"instruction": "Hi", "input": "", "output": "ok"}) + "\n" for _ in range(6)))
+    cfg = build_config({}, [f"teacher.path={tiny_dirs['teacher']}", f"student.path={tiny_dirs['student']}",
+                            f"data.train={short}", f"data.valid={long}", "data.max_length=64", "method.name=sft",
+                            "train.max_steps=1", "train.batch_size=2", f"output_dir={tmp_path / 'r'}"])
+    with pytest.raises(OkdError, match=r"leaves no room for the instruction in 4 of 6 examples of data.valid "
+                                       r"'.*long.jsonl'"):
+        train(cfg, progress=False)

@@ -63,8 +63,8 @@ CASES = [
      r"in its config\); lower data\.max_length to at most 64"),
     ("context-shorter-than-generation", lambda m, t: ["method.name=gkd", f"student.path={m['short_context']}",
                                                       "data.max_length=64"],
-     r"generating, data\.max_prompt_length \+ method\.max_new_tokens = 256 \+ 128 needs 384 positions but the "
-     r"student's context is 64 tokens"),
+     r"generating, the longest prompt data\.max_length=64 allows \+ method\.max_new_tokens = 63 \+ 128 needs 191 "
+     r"positions but the student's context is 64 tokens"),
     ("lm-data-missing", lambda m, t: ["method.name=minillm", f"method.lm_data={t / 'nope.txt'}"],
      r"method\.lm_data '.*nope\.txt' not found"),
     ("seqkd-cache-is-a-directory", lambda m, t: ["method.name=seqkd", f"method.seqkd_cache={m['root']}"],
@@ -109,6 +109,15 @@ def test_preflight_refuses_through_the_command(case, models, tiny_data, tmp_path
     import re
 
     assert re.search(case[2], lines[0]), lines[0]
+
+
+def test_generation_budget_is_the_prompt_that_can_occur(models, tiny_data, tmp_path):
+    """A 64-position student with data.max_length=32: no training prompt exceeds 31 tokens, so 31 + 16 new tokens
+    fit although the default data.max_prompt_length (256) alone would not."""
+    overrides = base(models, tiny_data, tmp_path) + ["method.name=gkd", f"student.path={models['short_context']}",
+                                                     f"teacher.path={models['short_context']}", "data.max_length=32",
+                                                     "method.max_new_tokens=16"]
+    assert preflight(build_config({}, overrides)) == []
 
 
 def test_preflight_passes_a_good_config(models, tiny_data, tmp_path):

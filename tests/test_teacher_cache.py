@@ -339,6 +339,18 @@ def test_command_builds_and_the_rerun_is_a_no_op(tiny_dirs, tiny_data, tmp_path,
     assert "done:" in capsys.readouterr().out
 
 
+def test_rebuilding_into_a_cache_names_the_setting_that_changed(tiny_dirs, tiny_data, tmp_path):
+    """Not the fingerprint's first differing key (shard_examples, features_sha256) but what the user changed."""
+    out = tmp_path / "c"
+    argv = ["teacher", "cache", "-o", str(out), "--top-k", "4", "--quiet", *_overrides(tiny_dirs, tiny_data)]
+    assert _cli(argv) == 0
+    for extra, named in ((["--top-k", "8"], r"another --top-k \(4 -> 8\); pass another -o DIR"),
+                         (["data.max_length=96"], r"another data.max_length \(128 -> 96\); pass"),
+                         (["--temperature", "2"], r"another --temperature \(\[1.0\] -> \[1.0, 2.0\]\); pass")):
+        with pytest.raises(OkdError, match=rf"already holds a teacher cache built with {named}"):
+            _cli(argv + extra)
+
+
 # ----------------------------------------------------------------------------- which methods may use it
 
 @pytest.mark.parametrize("extra,why", [

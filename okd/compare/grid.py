@@ -16,7 +16,7 @@ from typing import Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 
 from okd.compare.caches import TeacherCachePlan, assign_teacher_cache
-from okd.config import Config, build_config, read_yaml_mapping, set_dotted
+from okd.config import Config, build_config, expand_path, read_yaml_mapping, set_dotted
 from okd.errors import OkdError
 from okd.eval.config import AtLeastOne, EvalConfig, ExposureConfig, Template, describe_errors
 from okd.models.teacher_cache import DEFAULT_TOP_K
@@ -214,7 +214,10 @@ def _validate(tree: dict, base_dir: Path | None) -> tuple[GridSpec, Path]:
         spec = GridSpec.model_validate(tree)
     except ValidationError as e:
         raise OkdError(_describe(e)) from None
-    out = Path(spec.output_dir)
+    try:
+        out = Path(expand_path(spec.output_dir))
+    except ValueError as e:
+        raise OkdError(f"grid key 'output_dir': {e}") from None
     if base_dir is not None and not out.is_absolute():
         out = base_dir / out
     if "output_dir" in spec.base:

@@ -1,7 +1,8 @@
 """Reading instruction data into `Example`s.
 
 Sources: a JSON Lines / JSON array file, a directory of them (split files picked by name), a named
-preset (`okd.data.presets`), or a Hugging Face Hub dataset id. Formats are detected per record:
+preset (`okd.data.presets`), a `datasets` save_to_disk directory (Dataset or DatasetDict), or a Hugging Face
+Hub dataset id. Formats are detected per record:
 Dolly (instruction/context/response), Alpaca (instruction/input/output), prompt/completion, chat
 `messages` ({role, content}) and ShareGPT `conversations` ({from, value}).
 
@@ -336,6 +337,8 @@ def data_files(source: str | os.PathLike, split: str = "train") -> tuple[list[Pa
     or a hub dataset id. Raises the reader's OkdError for a missing path or an empty directory."""
     source = os.fspath(source)
     path = Path(source).expanduser()
+    if _is_saved_dataset(path):
+        return None  # read through datasets.load_from_disk, like a hub dataset
     if _is_dir(path):
         return _dir_files(path, split, source)
     if _is_file(path):
@@ -393,9 +396,39 @@ def _iter_hub(source: str, split: str) -> Iterator[tuple[str, str, Any]]:
         yield f"{source} ({split}) row {i}", f"{source}:{i}", row
 
 
+def _is_saved_dataset(path: Path) -> bool:
+    """A directory written by `datasets`' save_to_disk: a Dataset (state.json, dataset_info.json, *.arrow) or a
+    DatasetDict (dataset_dict.json and one such directory per split)."""
+    return _is_dir(path) and ((path / "dataset_dict.json").is_file()
+                              or ((path / "state.json").is_file() and (path / "dataset_info.json").is_file()))
+
+
+def _iter_saved(path: Path, source: str, split: str) -> Iterator[tuple[str, str, Any]]:
+    import datasets
+
+    try:
+        ds = datasets.load_from_disk(str(path))
+    except Exception as e:  # noqa: BLE001 - a damaged or partial save_to_disk directory
+        first = (str(e).strip().splitlines() or [""])[0][:200]
+        raise OkdError(f"{source}: a `datasets` save_to_disk directory that cannot be loaded "
+                       f"({type(e).__name__}: {first}); save it again") from None
+    if isinstance(ds, datasets.DatasetDict):
+        names = {SPLIT_ALIASES.get(k.lower(), k.lower()): k for k in ds}
+        want = SPLIT_ALIASES.get(split.lower(), split.lower())
+        if want not in names:
+            raise OkdError(f"{source}: this DatasetDict has no split '{split}' (it has {', '.join(ds)}); point at "
+                           "one with data.train / data.valid, or save that split")
+        ds = ds[names[want]]
+    for i, row in enumerate(ds):
+        yield f"{source} ({split}) row {i}", f"{source}:{i}", row
+
+
 def _iter_records(source: str, split: str) -> Iterator[tuple[str, str, Any]]:
     """(where, Example.source, record-or-InvalidRecord) for every record of the source."""
     path = Path(source).expanduser()
+    if _is_saved_dataset(path):
+        yield from _iter_saved(path, source, split)
+        return
     if _is_dir(path):
         files, _ = _dir_files(path, split, source)
     elif _is_file(path):

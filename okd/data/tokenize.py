@@ -118,18 +118,18 @@ def _new_stats(n: int) -> dict:
             "tokens": 0, "response_tokens": 0, "max_len": 0}
 
 
-def _check_prompts_kept(stats: dict, max_length: int, header: int) -> None:
+def _check_prompts_kept(stats: dict, max_length: int, header: int, of: str = "") -> None:
     """Prompts cut to the template's last tokens keep none of their instruction: trained on, they teach
     answers to "### Response:" alone. An error when that is most examples, else a warning with the count.
     (When every response is cut short too, the caller's message about that comes first.)"""
     lost, n = stats["prompt_lost"], stats["n"]
     if not lost or stats["truncated_response"] >= n:
         return
-    what = (f"data.max_length={max_length} leaves no room for the instruction in {lost} of {n} examples: their "
+    what = (f"data.max_length={max_length} leaves no room for the instruction in {lost} of {n} examples{of}: their "
             f"prompts were cut from the left to at most the template's last {header} tokens")
     if 2 * lost > n:
         raise OkdError(f"{what}, so the model would learn answers without their questions; raise data.max_length")
-    log.warning("%s (they train on answers without their questions); raise data.max_length to keep them", what)
+    log.warning("%s (those examples are answers without their questions); raise data.max_length to keep them", what)
 
 
 def encode_example(example, tokenizer, template: str, max_length: int) -> dict | None:
@@ -140,13 +140,13 @@ def encode_example(example, tokenizer, template: str, max_length: int) -> dict |
 
 
 def encode_examples(examples, tokenizer, template: str, max_length: int, *,
-                    progress: bool = False) -> tuple[list[dict], dict]:
+                    progress: bool = False, source: str = "") -> tuple[list[dict], dict]:
     """Encode many examples (batched tokenizer calls); returns (features, stats).
 
     stats: n (examples given), truncated_prompt, truncated_response, dropped, prompt_lost (prompts cut
     to no more than the template's tokens after the instruction), tokens (in the features),
     response_tokens (labelled tokens), max_len (longest feature). When most prompts lose their whole
-    instruction that is an OkdError (a warning for fewer).
+    instruction that is an OkdError (a warning for fewer), naming `source` (e.g. "data.valid 'x.jsonl'").
     """
     examples = list(examples)
     if not examples:
@@ -169,9 +169,10 @@ def encode_examples(examples, tokenizer, template: str, max_length: int, *,
             bar.update(len(chunk))
     if bar is not None:
         bar.close()
-    _check_prompts_kept(stats, max_length, enc.header)
+    of = f" of {source}" if source else ""
+    _check_prompts_kept(stats, max_length, enc.header, of)
     if not features:
-        raise OkdError(f"none of the {len(examples)} examples could be tokenized within data.max_length="
+        raise OkdError(f"none of the {len(examples)} examples{of} could be tokenized within data.max_length="
                        f"{max_length}; raise data.max_length or check the data")
     return features, stats
 

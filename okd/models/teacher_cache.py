@@ -141,7 +141,7 @@ def source_sha256(source: str, split: str) -> str | None:
         path = Path(found)
     if path.is_file():
         return file_sha256(path)
-    files = [p for p in path.rglob("*") if p.is_file() and p.name.endswith((".jsonl", ".json"))]
+    files = [p for p in path.rglob("*") if p.is_file() and p.name.endswith((".jsonl", ".json", ".arrow"))]
     return _files_sha256(files, path)
 
 
@@ -261,15 +261,52 @@ def _shard_ok(path: Path, expected_counts: list[int], k: int) -> bool:
             and arrays["ids"].shape == (want[-1], k))
 
 
-def _fingerprint_diff(a, b, prefix: str = "") -> str | None:
-    """The first dotted key where two nested dicts differ, or None."""
+def _fingerprint_diffs(a, b, prefix: str = "") -> list[str]:
+    """Every dotted key where two nested dicts differ."""
     if isinstance(a, dict) and isinstance(b, dict):
-        for key in sorted(set(a) | set(b)):
-            d = _fingerprint_diff(a.get(key), b.get(key), f"{prefix}{key}.")
-            if d:
-                return d
-        return None
-    return None if a == b else prefix.rstrip(".")
+        return [d for key in sorted(set(a) | set(b)) for d in _fingerprint_diffs(a.get(key), b.get(key), f"{prefix}{key}.")]
+    return [] if a == b else [prefix.rstrip(".")]
+
+
+# the fingerprint's keys as the user sets them (`okd teacher cache` flags, config keys)
+_SETTINGS = {"top_k": "--top-k", "tail_temperatures": "--temperature", "value_dtype": "--dtype",
+             "depends_on.max_length": "data.max_length", "depends_on.template": "data.template",
+             "depends_on.tokenizer_sha256": "tokenizer (student.path)"}
+# keys that follow from others: named only when nothing the user sets explains them
+_DERIVED = ("shard_examples", "id_dtype", "vocab_size", ".features_sha256", ".examples")
+
+
+def describe_changes(old: dict, new: dict) -> str:
+    """What differs between two fingerprints, in the user's terms: 'data.max_length (256 -> 128)', ..."""
+    def get(tree, key):
+        for k in key.split("."):
+            tree = tree.get(k) if isinstance(tree, dict) else None
+        return tree
+
+    def name(key: str) -> str:
+        if key in _SETTINGS:
+            return _SETTINGS[key]
+        if key.startswith("depends_on.teacher."):
+            return "teacher (teacher.path, its weights or dtype)"
+        if key.startswith("depends_on.data."):
+            split, field = key.split(".")[2], key.split(".")[-1]
+            return {"sha256": f"data.{split} (the file's contents)", "source": f"data.{split}"}.get(
+                field, f"data.{split}.{field}" if field in ("limit", "skip_invalid") else f"the encoded data.{split} "
+                "examples")
+        return key
+
+    diffs = _fingerprint_diffs(old, new)
+    primary = [d for d in diffs if not d.endswith(_DERIVED) and d not in _DERIVED]
+    shown, seen = [], set()
+    for d in primary or diffs:
+        label = name(d)
+        if label in seen:
+            continue
+        seen.add(label)
+        a, b = get(old, d), get(new, d)
+        short = all(isinstance(v, (int, float, str, list)) and len(str(v)) <= 40 for v in (a, b))
+        shown.append(f"{label} ({a!r} -> {b!r})" if short else label)
+    return ", ".join(shown)
 
 
 def _start_or_resume(out: Path, fingerprint: dict) -> dict | None:
@@ -278,9 +315,9 @@ def _start_or_resume(out: Path, fingerprint: dict) -> dict | None:
     for f, what in ((manifest, "a teacher cache"), (build, "an unfinished teacher cache")):
         if f.is_file():
             old = json.loads(f.read_text())
-            diff = _fingerprint_diff({k: old.get(k) for k in fingerprint}, fingerprint)
-            if diff:
-                raise OkdError(f"{out} already holds {what} built with another {diff.removeprefix('depends_on.')}; "
+            old = {k: old.get(k) for k in fingerprint}
+            if _fingerprint_diffs(old, fingerprint):
+                raise OkdError(f"{out} already holds {what} built with another {describe_changes(old, fingerprint)}; "
                                "pass another -o DIR or delete that one")
             for stale in out.glob(".*.tmp-*"):  # what a kill in the middle of a write left behind
                 stale.unlink()

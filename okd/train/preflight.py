@@ -170,7 +170,10 @@ def _check_models(cfg: Config) -> None:
         check_same_vocab(tokenizers["teacher"], tokenizers["student"])
     check_template(cfg.data.template, tokenizers["student"])
     d, m = cfg.data, cfg.method
-    generates = m.name in GENERATING_METHODS or cfg.train.eval_rouge
+    # training prompts come from the training features (at most data.max_length - 1 tokens: a response has one
+    # at least), cut to data.max_prompt_length; train.eval_rouge's prompts are fitted to the context as it samples
+    generates = m.name in GENERATING_METHODS
+    prompt_bound = min(d.max_prompt_length, d.max_length - 1)
     for role, mc in roles:
         model_config = load_model_config(mc)
         rows = _vocab_rows(model_config)
@@ -178,9 +181,11 @@ def _check_models(cfg: Config) -> None:
             check_vocab_rows(rows, tokenizers[role], role, "embedding (vocab_size in its config)")
         check_context(model_config, d.max_length, f"data.max_length={d.max_length}", role, "lower data.max_length")
         if generates:
-            check_context(model_config, d.max_prompt_length + m.max_new_tokens,
-                          f"generating, data.max_prompt_length + method.max_new_tokens = {d.max_prompt_length} + "
-                          f"{m.max_new_tokens}", role, "lower their sum")
+            what = ("data.max_prompt_length" if prompt_bound == d.max_prompt_length
+                    else f"the longest prompt data.max_length={d.max_length} allows")
+            check_context(model_config, prompt_bound + m.max_new_tokens,
+                          f"generating, {what} + method.max_new_tokens = {prompt_bound} + {m.max_new_tokens}", role,
+                          "lower their sum")
         if role == "teacher" and mode == "online":
             layer_indices(SimpleNamespace(config=model_config), cfg.online)
 

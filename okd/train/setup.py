@@ -129,7 +129,7 @@ def load_split(cfg: Config, source: str, split: str, tokenizer, limit: int | Non
     examples, read_stats = load_examples_with_stats(source, split=split, skip_invalid=cfg.data.skip_invalid,
                                                     limit=limit)
     features, stats = encode_examples(examples, tokenizer, cfg.data.template, cfg.data.max_length,
-                                      progress=progress)
+                                      progress=progress, source=f"data.{split} {source!r}")
     stats.update({f"records_{k}": v for k, v in read_stats.items() if k != "n"})
     return examples, features, stats
 
