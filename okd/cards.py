@@ -6,8 +6,10 @@ and the command that made it. `write_cards(run_dir, cfg, summary, command)` writ
 module's only where the run has one); `ensure_cards(run_dir)` rebuilds them from the run's
 config.yaml and summary.json when they are missing (runs made before cards existed, `okd push`).
 
-`cfg` is an okd Config or its dict (`config.yaml`); `summary` is summary.json's dict. The module
-imports nothing above okd.config, so the trainer (or anything else) can call it.
+`cfg` is an okd Config or its dict (`config.yaml`); `summary` is summary.json's dict. A card never names a
+machine-local path: presets by their hub ids, local models by their last part and the hub model they
+descend from (`base_model_of`), local data by the file name. The module imports nothing above okd.config
+and okd's model and data presets, so the trainer (or anything else) can call it.
 """
 
 from __future__ import annotations
@@ -32,13 +34,95 @@ def _tree(cfg: Any) -> dict:
 
 
 def _yaml_list(name: str, values: list[str]) -> list[str]:
-    return [f"{name}:"] + [f"- {json.dumps(v)}" for v in values if v]
+    values = list(dict.fromkeys(v for v in values if v))  # once each, in order
+    return [f"{name}:"] + [f"- {json.dumps(v)}" for v in values] if values else []
 
 
 def _fmt(v: Any) -> str:
     if isinstance(v, float):
         return f"{v:.4g}"
     return "n/a" if v is None else str(v)
+
+
+# ----------------------------------------------------------------------------- names fit for a hub
+
+def _preset_hub_id(path: Any) -> str | None:
+    from okd.models.presets import MODEL_PRESETS, preset_dir
+
+    if isinstance(path, str) and path in MODEL_PRESETS:
+        return MODEL_PRESETS[path].hub_id
+    try:  # a preset's converted directory under OKD_HOME
+        here = Path(str(path)).expanduser().resolve()
+        return next((p.hub_id for p in MODEL_PRESETS.values() if preset_dir(p.name).resolve() == here), None)
+    except (OSError, RuntimeError, ValueError):
+        return None
+
+
+def _front_matter_base_model(model_dir: Path) -> str | None:
+    """The first `base_model:` of a model card (an okd card or the hub's)."""
+    try:
+        text = (model_dir / "README.md").read_text(encoding="utf-8")
+    except (OSError, UnicodeDecodeError):
+        return None
+    head = text.split("---", 2)[1] if text.startswith("---") else ""
+    lines = head.splitlines()
+    for i, line in enumerate(lines):
+        if line.startswith("base_model:"):
+            inline = line.removeprefix("base_model:").strip()
+            value = inline or (lines[i + 1].strip().removeprefix("- ") if i + 1 < len(lines) else "")
+            value = value.strip().strip('"').strip("'")
+            return value if _hub_like(value) else None
+    return None
+
+
+def base_model_of(path: Any, _depth: int = 0) -> str | None:
+    """The hub id a model descends from: a preset's, a hub id itself, and for a local directory the model it
+    was pruned from (okd_student.json) or its card's base_model (a run's student, a tuned teacher)."""
+    if not path or _depth > 8:
+        return None
+    if hub := _preset_hub_id(path):
+        return hub
+    if _hub_like(path):
+        return str(path)
+    d = Path(str(path)).expanduser()
+    try:
+        origin = json.loads((d / "okd_student.json").read_text()).get("teacher")
+    except (OSError, ValueError, AttributeError):
+        origin = None
+    if origin:
+        return base_model_of(origin, _depth + 1)
+    return _front_matter_base_model(d)
+
+
+def _local_name(path: str) -> str:
+    p = Path(path)
+    return f"{p.parent.name}/{p.name}" if p.name == "student" and p.parent.name else p.name
+
+
+def public_model(path: Any) -> str:
+    """How a card names a model: a preset by its hub id, a hub id as it is, a local directory by its last part
+    (machine-local paths are not published) and the hub model it descends from."""
+    if not path:
+        return "none"
+    if hub := _preset_hub_id(path):
+        return hub
+    if _hub_like(path):
+        return str(path)
+    origin = base_model_of(path)
+    return f"a local model `{_local_name(str(path))}`" + (f", from `{origin}`" if origin else "")
+
+
+def public_data(source: Any) -> str | None:
+    """A data source as a card names it: a preset or hub dataset id as it is, a local file by its name."""
+    if not source:
+        return None
+    from okd.data.presets import is_data_preset
+
+    if is_data_preset(str(source)):
+        return f"`{source}` (okd preset)"
+    if _hub_like(source):
+        return f"`{source}`"
+    return f"a local file `{Path(str(source)).name}`"
 
 
 def _metrics_table(summary: dict) -> list[str]:
@@ -59,69 +143,84 @@ def _training_lines(tree: dict, summary: dict) -> list[str]:
     m, d, t = tree.get("method") or {}, tree.get("data") or {}, tree.get("train") or {}
     divergence = summary.get("divergence") or m.get("divergence") or "the method's default"
     teacher_mode = summary.get("teacher") or m.get("teacher") or "the method's default"
-    lines = [f"- **method**: `{m.get('name')}` (divergence `{divergence}`, teacher `{teacher_mode}`, "
-             f"temperature {m.get('temperature', 1.0)})",
-             f"- **teacher**: `{get_dotted(tree, 'teacher.path')}`" + (f" (cache `{get_dotted(tree, 'teacher.cache')}`)"
-                                                                  if get_dotted(tree, "teacher.cache") else ""),
-             f"- **student initialisation**: `{get_dotted(tree, 'student.path')}`",
-             f"- **data**: train `{d.get('train')}`, valid `{d.get('valid')}`, template `{d.get('template')}`, "
-             f"max length {d.get('max_length')}, max prompt length {d.get('max_prompt_length')}",
-             f"- **budget**: {t.get('max_steps')} steps × batch {t.get('batch_size')} × grad accum "
-             f"{t.get('grad_accum', 1)}, lr {t.get('lr')}, warm-up {t.get('warmup_steps', 0)}, seed {t.get('seed')}, "
-             f"mixed precision {t.get('mixed_precision')}"]
-    if (summary.get("teacher") or m.get("teacher")) == "online" or m.get("name") == "okd":
+    data = [f"train {public_data(d.get('train'))}"] + ([f"valid {public_data(d.get('valid'))}"] if d.get("valid") else [])
+    lines = [f"- **method**: `{m.get('name')}` (divergence `{divergence}`, teacher `{teacher_mode}`"
+             + (f", temperature {m.get('temperature', 1.0)}" if divergence != "ce" else "") + ")"]
+    if teacher_mode != "none":
+        lines.append(f"- **teacher**: {_code(public_model(get_dotted(tree, 'teacher.path')))}"
+                     + (" (its predictions read from a teacher cache)" if get_dotted(tree, "teacher.cache") else ""))
+    lines += [f"- **student initialisation**: {_code(public_model(get_dotted(tree, 'student.path')))}",
+              f"- **data**: {', '.join(data)}, template `{d.get('template')}`, max length {d.get('max_length')}, "
+              f"max prompt length {d.get('max_prompt_length')}",
+              f"- **budget**: {t.get('max_steps')} steps × batch {t.get('batch_size')} × grad accum "
+              f"{t.get('grad_accum', 1)}, lr {t.get('lr')}, warm-up {t.get('warmup_steps', 0)}, seed {t.get('seed')}, "
+              f"mixed precision {t.get('mixed_precision')}"]
+    if teacher_mode == "online":
         o = tree.get("online") or {}
         lines.append(f"- **online module** (LoRA in the teacher): rank {o.get('rank')}, lora_alpha "
                      f"{o.get('lora_alpha')}, layers {o.get('layers') or 'all'}, α {o.get('alpha')}, lr {o.get('lr')}")
     return lines
 
 
-def _command_lines(command: str | None) -> list[str]:
-    return ["## How it was made", "", "```bash", command or "(command not recorded)", "```",
-            "", "The resolved configuration is the run directory's `config.yaml`; its metrics per step are "
-            "`metrics.jsonl`, and `summary.json` holds the figures above."]
+def _code(name: str) -> str:
+    return name if "`" in name else f"`{name}`"
 
 
-def student_card(cfg: Any, summary: dict, command: str | None = None) -> str:
-    """The text of student/README.md."""
+def _command_lines(summary: dict, command: str | None) -> list[str]:
+    commands = [command] if command else summary.get("commands") or [summary.get("command") or "(command not recorded)"]
+    what = "the commands" if len(commands) > 1 else "the command"
+    return ["## How it was made", "", f"By {what} below{', in order (the later ones resumed the run)' if len(commands) > 1 else ''}:",
+            "", "```bash", *commands, "```", "", "The resolved configuration is the run directory's `config.yaml`; "
+            "its metrics per step are `metrics.jsonl`, and `summary.json` holds the figures above."]
+
+
+def student_card(cfg: Any, summary: dict, command: str | None = None, *, repo_id: str | None = None,
+                 where: str = "PATH/student") -> str:
+    """The text of student/README.md; `repo_id` (okd push) is the model's hub id in its usage snippet."""
     tree = _tree(cfg)
     method = get_dotted(tree, "method.name")
-    teacher = get_dotted(tree, "teacher.path")
+    load = repo_id or where
     meta = ["---", "library_name: transformers", "pipeline_tag: text-generation",
-            *_yaml_list("tags", ["okd", "knowledge-distillation", f"okd-{method}"]),
-            *_yaml_list("base_model", [get_dotted(tree, "student.path")] if _hub_like(get_dotted(tree, "student.path")) else []),
-            "---"]
-    body = [MARKER, "", f"# Student distilled with okd (`{method}`)", "",
-            f"A causal language model distilled from `{teacher}` with [okd](https://arxiv.org/abs/2409.12512) "
+            *_yaml_list("tags", ["okd", "knowledge-distillation", method]),
+            *_yaml_list("base_model", [base_model_of(get_dotted(tree, "student.path"))]), "---"]
+    teacher = get_dotted(tree, "teacher.path") if summary.get("teacher", "x") != "none" else None
+    origin = f"distilled from {_code(public_model(teacher))}" if teacher else "fine-tuned (no teacher)"
+    body = [MARKER, "", f"# Student {'distilled' if teacher else 'trained'} with okd (`{method}`)", "",
+            f"A causal language model {origin} with [okd](https://arxiv.org/abs/2409.12512) "
             f"(method `{method}`).", "", "## Training", "", *_training_lines(tree, summary), "",
             "## Final metrics", "", *_metrics_table(summary), "",
             "Validation CE (`valid_loss`) is the student's cross-entropy on the reference responses of data.valid "
-            "(nats per response token).", "", *_command_lines(command), "", "## Use", "", "```python",
+            "(nats per response token).", "", *_command_lines(summary, command), "", "## Use", "", "```python",
             "from transformers import AutoModelForCausalLM, AutoTokenizer",
-            'model = AutoModelForCausalLM.from_pretrained("PATH_OR_REPO")',
-            'tokenizer = AutoTokenizer.from_pretrained("PATH_OR_REPO")', "```", "",
+            f'model = AutoModelForCausalLM.from_pretrained("{load}")',
+            f'tokenizer = AutoTokenizer.from_pretrained("{load}")', "```", "",
             f"Prompts were formatted with the `{get_dotted(tree, 'data.template')}` template during training; "
-            "`okd eval --model PATH/student` uses it (and the run's prompt length) by itself.", ""]
+            f"`okd eval --model {load}` uses it (and the run's prompt length) by itself.", ""]
     return "\n".join(meta + body)
 
 
-def online_card(cfg: Any, summary: dict, command: str | None = None) -> str:
+def online_card(cfg: Any, summary: dict, command: str | None = None, *, repo_id: str | None = None,
+                teacher_repo: str | None = None) -> str:
     """The text of online_module/README.md (instead of peft's empty template)."""
     tree = _tree(cfg)
     teacher = get_dotted(tree, "teacher.path")
+    base = teacher_repo or _preset_hub_id(teacher) or (teacher if _hub_like(teacher) else None)
     o = tree.get("online") or {}
     meta = ["---", "library_name: peft", *_yaml_list("tags", ["okd", "knowledge-distillation", "lora", "online-module"]),
-            *_yaml_list("base_model", [teacher] if _hub_like(teacher) else []), "---"]
+            *_yaml_list("base_model", [base]), "---"]
+    adapter = f"{repo_id}, subfolder=\"online_module\"" if repo_id else "PATH/online_module"
     body = [MARKER, "", "# OKD online module (LoRA adapter of the teacher)", "",
-            f"The online module trained alongside the student in an okd run: a LoRA adapter on `{teacher}` "
-            f"(rank {o.get('rank')}, lora_alpha {o.get('lora_alpha')}, layers {o.get('layers') or 'all'}) that "
-            "moved the frozen teacher's distribution toward what the student can represent (module loss "
-            f"α·KL(q‖p′) + (1−α)·CE with α = {o.get('alpha')}). The distilled model is `../student/`.", "",
+            f"The online module trained alongside the student in an okd run: a LoRA adapter on "
+            f"{_code(base or public_model(teacher))} (rank {o.get('rank')}, lora_alpha {o.get('lora_alpha')}, layers "
+            f"{o.get('layers') or 'all'}) that moved the frozen teacher's distribution toward what the student can "
+            f"represent (module loss α·KL(q‖p′) + (1−α)·CE with α = {o.get('alpha')}). The distilled model is "
+            f"{'the repository root' if repo_id else '`../student/`'}.", "",
             "## Training", "", *_training_lines(tree, summary), "", "## Final metrics", "", *_metrics_table(summary),
-            "", *_command_lines(command), "", "## Use", "", "```python",
+            "", *_command_lines(summary, command), "", "## Use", "", "```python",
             "from peft import PeftModel", "from transformers import AutoModelForCausalLM",
-            f'base = AutoModelForCausalLM.from_pretrained("{teacher}")',
-            'teacher = PeftModel.from_pretrained(base, "PATH/online_module")', "```", ""]
+            f'base = AutoModelForCausalLM.from_pretrained("{base or "PATH/teacher"}")',
+            f'teacher = PeftModel.from_pretrained(base, "{adapter}")' if not repo_id else
+            f'teacher = PeftModel.from_pretrained(base, "{repo_id}", subfolder="online_module")', "```", ""]
     return "\n".join(meta + body)
 
 
@@ -139,7 +238,9 @@ def _write(path: Path, text: str) -> Path:
 
 def write_student_card(out_dir: str | Path, cfg: Any, summary: dict, command: str | None = None) -> Path:
     """Write `<run>/student/README.md`; returns its path."""
-    return _write(Path(out_dir) / "student" / "README.md", student_card(cfg, summary, command))
+    out = Path(out_dir)
+    where = f"{out}/student" if not out.is_absolute() else f"{out.name}/student"  # as typed, never absolute
+    return _write(out / "student" / "README.md", student_card(cfg, summary, command, where=where))
 
 
 def write_online_card(out_dir: str | Path, cfg: Any, summary: dict, command: str | None = None) -> Path | None:
@@ -147,12 +248,19 @@ def write_online_card(out_dir: str | Path, cfg: Any, summary: dict, command: str
     module = Path(out_dir) / "online_module"
     if not module.is_dir():
         return None
+    hub = _preset_hub_id(get_dotted(_tree(cfg), "teacher.path"))
+    adapter = module / "adapter_config.json"
+    if hub and adapter.is_file():  # a preset's converted directory: name the teacher by its hub id, loadable anywhere
+        conf = json.loads(adapter.read_text())
+        conf["base_model_name_or_path"] = hub
+        adapter.write_text(json.dumps(conf, indent=2) + "\n")
     return _write(module / "README.md", online_card(cfg, summary, command))
 
 
 def write_cards(out_dir: str | Path, cfg: Any, summary: dict, command: str | None = None) -> list[Path]:
-    """Both cards (the online module's where it exists). `command` defaults to this process's argv."""
-    command = command if command is not None else command_line()
+    """Both cards (the online module's where it exists). `command`: the one command to show; by default the
+    summary's `commands` (every command that trained the run), else this process's argv."""
+    command = command if command is not None or summary.get("commands") else command_line()
     written = [write_student_card(out_dir, cfg, summary, command)]
     online = write_online_card(out_dir, cfg, summary, command)
     return written + ([online] if online else [])
@@ -188,7 +296,6 @@ def ensure_cards(run_dir: str | Path, command: str | None = None) -> list[Path]:
         summary = json.loads((run_dir / "summary.json").read_text())
     except (OSError, ValueError, yaml.YAMLError):
         return []
-    command = command or summary.get("command")
     written = []
     if (run_dir / "student").is_dir() and not has_card(run_dir / "student"):
         written.append(write_student_card(run_dir, tree, summary, command))

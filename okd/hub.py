@@ -4,12 +4,16 @@ One commit (huggingface_hub's HfApi.create_repo + create_commit) holds:
 - the student's files at the repository root (config, weights, tokenizer, README.md: the model card);
 - `online_module/` (OKD runs: the LoRA adapter of the teacher, with its card), unless left out;
 - `okd/config.yaml`, `okd/summary.json`, `okd/metrics.jsonl`: how the run was made and how it went.
-Checkpoints stay local. Cards missing from older runs are written first (okd.cards.ensure_cards).
+Checkpoints stay local. What is published names no machine-local path: the cards are written anew for the
+repository (its id in the usage snippets), the adapter's `base_model_name_or_path` is the teacher's hub id
+(a preset's, or `teacher_repo` for a local teacher, which is then required), and the local paths of
+config.yaml and summary.json are replaced by their last part.
 The token is huggingface_hub's (`hf auth login`, $HF_TOKEN) unless `token` is given.
 """
 
 from __future__ import annotations
 
+import json
 import re
 from pathlib import Path
 from typing import Callable
@@ -51,6 +55,53 @@ def push_plan(run_dir: Path, *, online_module: bool = True) -> list[tuple[str, P
     return plan
 
 
+def _local_paths(tree: dict) -> dict[str, str]:
+    """{absolute local path in the run's config: what is published instead (its last part)}."""
+    from okd.config import flatten
+
+    out = {}
+    for key, value in flatten(tree).items():
+        if isinstance(value, str) and value.startswith("/") and key != "output_dir":
+            out[value] = Path(value).name if Path(value).name != "student" else f"{Path(value).parent.name}/student"
+        elif key == "output_dir" and isinstance(value, str):
+            out[value] = Path(value).name
+    return dict(sorted(out.items(), key=lambda kv: -len(kv[0])))  # longest first: no path replaced inside another
+
+
+def published_files(run_dir: Path, repo_id: str, *, online_module: bool, teacher_repo: str | None) -> dict[str, bytes]:
+    """The files whose published form differs from the local one, by their path in the repository."""
+    import yaml
+
+    from okd.cards import _preset_hub_id, _hub_like, online_card, student_card
+
+    tree = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
+    summary = json.loads((run_dir / "summary.json").read_text())
+    local = _local_paths(tree)
+
+    def scrub(text: str) -> str:
+        for path, short in local.items():
+            text = text.replace(path, short)
+        return text
+
+    summary = json.loads(scrub(json.dumps(summary)))
+    out = {"README.md": student_card(tree, summary, repo_id=repo_id).encode(),
+           "okd/config.yaml": scrub((run_dir / "config.yaml").read_text()).encode(),
+           "okd/summary.json": (json.dumps(summary, indent=1) + "\n").encode()}
+    module = run_dir / "online_module"
+    if online_module and module.is_dir():
+        teacher = (tree.get("teacher") or {}).get("path")
+        base = teacher_repo or _preset_hub_id(teacher) or (teacher if _hub_like(teacher) else None)
+        if base is None:
+            raise OkdError(f"the online module is an adapter of the local teacher {Path(str(teacher)).name!r}, which "
+                           "has no hub id: give it with --teacher-repo ORG/NAME (after pushing that teacher), or push "
+                           "without the module (--no-online-module)")
+        adapter = json.loads((module / "adapter_config.json").read_text())
+        adapter["base_model_name_or_path"] = base
+        out["online_module/adapter_config.json"] = (json.dumps(adapter, indent=2) + "\n").encode()
+        out["online_module/README.md"] = online_card(tree, summary, repo_id=repo_id, teacher_repo=base).encode()
+    return out
+
+
 def _hub_error(e: Exception, repo_id: str) -> OkdError:
     first = (str(e).strip().splitlines() or [type(e).__name__])[0][:300]
     offline = any(w in type(e).__name__ for w in ("Connect", "Timeout", "Network")) or "resolve" in first.lower()
@@ -62,23 +113,28 @@ def _hub_error(e: Exception, repo_id: str) -> OkdError:
 
 def push_run(run: str | Path, repo_id: str, *, token: str | None = None, private: bool | None = None,
              revision: str | None = None, commit_message: str | None = None, online_module: bool = True,
-             log: Callable[[str], None] = print) -> str:
+             teacher_repo: str | None = None, log: Callable[[str], None] = print) -> str:
     """Push a finished run to `repo_id` (created if needed) in one commit; returns the commit's URL."""
     from huggingface_hub import CommitOperationAdd, HfApi
 
     from okd.cards import ensure_cards
 
     check_repo_id(repo_id)
+    if teacher_repo is not None:
+        check_repo_id(teacher_repo)
     run_dir = resolve_run_dir(run)
     for card in ensure_cards(run_dir):
         log(f"wrote the model card {card}")
     plan = push_plan(run_dir, online_module=online_module)
+    published = published_files(run_dir, repo_id, online_module=online_module, teacher_repo=teacher_repo) \
+        if (run_dir / "summary.json").is_file() and (run_dir / "config.yaml").is_file() else {}
     size = sum(f.stat().st_size for _, f in plan)
     log(f"pushing {len(plan)} files ({size / 2**20:.1f} MiB) from {run_dir} to {repo_id}")
     api = HfApi(token=token)
     try:
         api.create_repo(repo_id, private=private, exist_ok=True, repo_type="model")
-        info = api.create_commit(repo_id, [CommitOperationAdd(path_in_repo=p, path_or_fileobj=str(f)) for p, f in plan],
+        ops = [CommitOperationAdd(path_in_repo=p, path_or_fileobj=published.get(p, str(f))) for p, f in plan]
+        info = api.create_commit(repo_id, ops,
                                  commit_message=commit_message or f"okd run {run_dir.name}", revision=revision,
                                  repo_type="model")
     except Exception as e:  # noqa: BLE001 - HfHubHTTPError, HFValidationError, and the HTTP client's own

@@ -41,15 +41,58 @@ def test_cards_name_teacher_method_data_steps_metrics_and_command(okd_run, tiny_
     assert [p.parent.name for p in paths] == ["student", "online_module"]
     card = (okd_run / "student" / "README.md").read_text()
     assert card.startswith("---\nlibrary_name: transformers")
-    for needle in (str(tiny_dirs["teacher"]), "`okd`", "template `chat`", "2 steps", "valid_loss",
-                   "okd train -c x.yaml method.name=okd", str(tiny_dirs["student"])):
+    for needle in ("a local model `teacher`", "`okd`", "template `chat`", "2 steps", "valid_loss",
+                   "okd train -c x.yaml method.name=okd", "**student initialisation**: a local model `",
+                   "a local file `train.jsonl`"):
         assert needle in card, needle
+    assert str(tiny_dirs["teacher"]) not in card and str(okd_run) not in card  # no machine-local path
+    assert "None" not in card and "base_model:\n---" not in card and "okd-okd" not in card
     online = (okd_run / "online_module" / "README.md").read_text()
     assert "library_name: peft" in online and "rank 4" in online and "PeftModel.from_pretrained" in online
     assert has_card(okd_run / "student") and has_card(okd_run / "online_module")
     from transformers import AutoModelForCausalLM
 
     AutoModelForCausalLM.from_pretrained(okd_run / "student")  # the card does not disturb loading
+
+
+def test_cards_list_every_command_and_name_where_the_student_came_from(okd_run, tmp_path):
+    """A resumed run's card lists the first command and the --resume one; base_model follows a local student to
+    the hub model it was pruned from (okd_student.json) or its own card's base_model."""
+    from okd.cards import base_model_of, student_card
+
+    summary = {**json.loads((okd_run / "summary.json").read_text()),
+               "commands": ["okd train -c x.yaml", "okd train -c x.yaml --resume"]}
+    card = student_card({"method": {"name": "fkd"}, "student": {"path": "org/base"}, "data": {}}, summary)
+    assert "okd train -c x.yaml\nokd train -c x.yaml --resume\n" in card and "resumed the run" in card
+    assert 'base_model:\n- "org/base"' in card and '- "fkd"' in card
+    pruned = tmp_path / "pruned"
+    pruned.mkdir()
+    (pruned / "okd_student.json").write_text(json.dumps({"teacher": "HuggingFaceTB/SmolLM2-135M-Instruct"}))
+    assert base_model_of(str(pruned)) == "HuggingFaceTB/SmolLM2-135M-Instruct"
+    child = tmp_path / "run" / "student"
+    child.mkdir(parents=True)
+    (child / "README.md").write_text(student_card({"method": {"name": "sft"}, "student": {"path": str(pruned)},
+                                                   "data": {}}, summary))
+    assert base_model_of(str(child)) == "HuggingFaceTB/SmolLM2-135M-Instruct"  # a run from that run's student
+    assert base_model_of(str(tmp_path)) is None
+
+
+def test_resumed_run_records_both_commands(tiny_dirs, tiny_data, tmp_path, monkeypatch):
+    import sys
+
+    from okd.train import train
+
+    args = [f"teacher.path={tiny_dirs['teacher']}", f"student.path={tiny_dirs['student']}", f"data.train={tiny_data}",
+            "data.max_length=128", "method.name=sft", "train.batch_size=4", "train.save_every=1",
+            f"output_dir={tmp_path / 'r'}"]
+    monkeypatch.setattr(sys, "argv", ["okd", "train", "first"])
+    train(build_config({}, args + ["train.max_steps=1"]), progress=False)
+    (tmp_path / "r" / "summary.json").unlink()
+    monkeypatch.setattr(sys, "argv", ["okd", "train", "second", "--resume"])
+    train(build_config({}, args + ["train.max_steps=2"]), resume=True, progress=False)
+    s = json.loads((tmp_path / "r" / "summary.json").read_text())
+    assert s["commands"] == ["okd train first", "okd train second --resume"] and s["command"] == s["commands"][-1]
+    assert "okd train first\nokd train second --resume" in (tmp_path / "r" / "student" / "README.md").read_text()
 
 
 def test_ensure_cards_replaces_peft_template_only(okd_run):
@@ -108,7 +151,8 @@ class FakeHub:
 
 def test_push_uploads_student_card_module_and_logs_in_one_commit(okd_run, monkeypatch, capsys):
     hub = FakeHub(monkeypatch)
-    assert main(["push", str(okd_run), "--repo", "my-org/tiny-okd", "--private", "--message", "first"]) == 0
+    assert main(["push", str(okd_run), "--repo", "my-org/tiny-okd", "--private", "--message", "first",
+                 "--teacher-repo", "my-org/teacher"]) == 0
     assert hub.repos == [("my-org/tiny-okd", {"private": True, "exist_ok": True, "repo_type": "model"})]
     (repo, files, kw), = hub.commits
     assert kw["commit_message"] == "first"
@@ -121,6 +165,24 @@ def test_push_uploads_student_card_module_and_logs_in_one_commit(okd_run, monkey
     assert not any(p.startswith("online_module/") for p in hub.commits[-1][1])
 
 
+def test_what_is_pushed_names_no_local_path(okd_run, tiny_dirs, monkeypatch, capsys):
+    """The pushed cards carry the repository's id, the adapter's base model is the teacher's hub id (required for a
+    local teacher), and config.yaml / summary.json keep the last part of each local path."""
+    hub = FakeHub(monkeypatch)
+    assert main(["push", str(okd_run), "--repo", "my-org/tiny-okd"]) == 2
+    assert "adapter of the local teacher 'teacher', which has no hub id: give it with --teacher-repo" in \
+        capsys.readouterr().err
+    assert main(["push", str(okd_run), "--repo", "my-org/tiny-okd", "--teacher-repo", "my-org/tiny-teacher"]) == 0
+    (_, files, _), = hub.commits
+    text = {p: (f.decode() if isinstance(f, bytes) else open(f, encoding="utf-8", errors="replace").read())
+            for p, f in files.items() if p.endswith((".md", ".json", ".yaml", ".jsonl"))}
+    assert 'from_pretrained("my-org/tiny-okd")' in text["README.md"] and "PATH" not in text["README.md"]
+    assert json.loads(text["online_module/adapter_config.json"])["base_model_name_or_path"] == "my-org/tiny-teacher"
+    assert 'base_model:\n- "my-org/tiny-teacher"' in text["online_module/README.md"]
+    for path, body in text.items():
+        assert str(tiny_dirs["teacher"]) not in body and str(okd_run.parent) not in body, path
+
+
 def test_push_errors_are_one_line(okd_run, tmp_path, monkeypatch, capsys):
     from types import SimpleNamespace
 
@@ -129,7 +191,7 @@ def test_push_errors_are_one_line(okd_run, tmp_path, monkeypatch, capsys):
     response = SimpleNamespace(headers={}, request=None, status_code=401)
     FakeHub(monkeypatch, fail=HfHubHTTPError("401 Client Error: Unauthorized for url: https://hub/api\nmore",
                                              response=response))
-    assert main(["push", str(okd_run), "--repo", "org/name"]) == 2
+    assert main(["push", str(okd_run), "--repo", "org/name", "--no-online-module"]) == 2
     err = capsys.readouterr().err.strip().splitlines()[-1]  # (after the "pushing N files" status line)
     assert err.startswith("okd: error: push to org/name failed") and "401" in err and "hf auth login" in err
     assert "more" not in err

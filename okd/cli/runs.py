@@ -17,8 +17,10 @@ example:
 
 PUSH_EPILOG = """\
 Pushes, in one commit: the student (repository root, with its model card README.md), online_module/
-(OKD runs), and okd/config.yaml, okd/summary.json, okd/metrics.jsonl. Checkpoints stay local. The
-token is huggingface_hub's (`hf auth login` or $HF_TOKEN) unless --token is given.
+(OKD runs), and okd/config.yaml, okd/summary.json, okd/metrics.jsonl. Checkpoints stay local, and so do
+machine-local paths (the cards are written for the repository; config.yaml and summary.json keep the
+last part of each local path). The token is huggingface_hub's (`hf auth login` or $HF_TOKEN) unless
+--token is given.
 
 example:
   okd push runs/okd-smollm2 --repo my-org/smollm2-okd-8l --private
@@ -48,6 +50,9 @@ def register(sub) -> None:
     q.add_argument("--revision", help="branch to commit to (default: main)")
     q.add_argument("--message", help="commit message (default: 'okd run NAME')")
     q.add_argument("--no-online-module", action="store_true", help="leave online_module/ out")
+    q.add_argument("--teacher-repo", metavar="ORG/NAME",
+                   help="the teacher's hub id, for the online module's adapter_config.json and card (needed when the "
+                        "teacher is a local model; a preset's is known)")
     q.add_argument("--token", help="hub token (default: huggingface_hub's login or $HF_TOKEN)")
     q.set_defaults(func=_push)
 
@@ -83,6 +88,7 @@ def _push(args) -> int:
     from okd.hub import push_run
 
     url = push_run(args.run, args.repo, token=args.token, private=args.private or None, revision=args.revision,
-                   commit_message=args.message, online_module=not args.no_online_module, log=status)
+                   commit_message=args.message, online_module=not args.no_online_module,
+                   teacher_repo=args.teacher_repo, log=status)
     print(f"pushed: {url}")
     return 0

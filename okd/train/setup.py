@@ -15,6 +15,7 @@ from typing import Any
 
 import torch
 
+from okd.cards import command_line
 from okd.config import Config, flatten
 from okd.errors import OkdError
 from okd.methods.base import scored_index
@@ -282,6 +283,7 @@ def setup(cfg: Config, *, resume: bool, progress: bool) -> Run:
               collate=Collator(tokenizer.pad_token_id, pad_to_multiple_of=pad), order=order,
               state=RunState(data_sha256=data_sha256(features)), data_stats=stats)
     restore(run, resume)
+    run.state.commands.append(command_line())  # after the resumed run's own (the model card lists them all)
     if cfg.train.trackers:
         # flat scalars: TensorBoard's hparams take nothing else
         hparams = {k: v if isinstance(v, (bool, int, float, str)) else str(v)

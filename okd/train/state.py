@@ -38,6 +38,7 @@ class RunState:
     skipped: int = 0
     num_processes: int = 1
     data_sha256: str | None = None  # the encoded training data (okd.train.setup.data_sha256)
+    commands: list = dataclasses.field(default_factory=list)  # every okd command that trained this run, in order
 
     @classmethod
     def from_dict(cls, d: dict) -> "RunState":  # checkpoints written before a field existed lack it

@@ -25,7 +25,7 @@ from pathlib import Path
 
 import torch
 
-from okd.cards import command_line, write_cards
+from okd.cards import write_cards
 from okd.config import GENERATING_METHODS, Config
 from okd.errors import OkdError
 from okd.paths import fix_permissions
@@ -132,7 +132,8 @@ def loop(run: Run, progress: bool) -> Path:
         run.strategy.save_outputs(run.out, run.tokenizer)
     if acc.is_main_process:
         selected = best.finish(run.out)  # student/ holds the best validation's weights
-        result = {**summary(run, final), **({"selected": selected} if selected else {}), "command": command_line()}
+        result = {**summary(run, final), **({"selected": selected} if selected else {}),
+                  "command": run.state.commands[-1], "commands": run.state.commands}
         with write_guard("summary.json", run.out):
             (run.out / "summary.json").write_text(json.dumps(result, indent=1))
             write_cards(run.out, cfg, result)  # student/README.md, online_module/README.md
