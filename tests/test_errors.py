@@ -297,6 +297,17 @@ def test_resume_below_the_checkpoint_step(world, tmp_path, capsys):
     assert _digest(run) == before
 
 
+def test_resume_with_other_training_data_says_so(world, tmp_path, capsys, caplog):
+    """The encoded training data are part of what an exact resume depends on: a change is named in a warning."""
+    args = [*base(world, tmp_path), "method.name=fkd", "train.max_steps=2", "train.save_every=1"]
+    assert run_cli(capsys, args)[0] == 0
+    (tmp_path / "run" / "summary.json").unlink()
+    with caplog.at_level(logging.WARNING):
+        assert run_cli(capsys, [*without(args, "data.max_length"), "data.max_length=100", "--resume"])[0] == 0
+    assert any("the training data differ from those the checkpoint was trained on" in r.getMessage()
+               for r in caplog.records)
+
+
 def test_resume_with_changed_config(world, tmp_path, capsys, caplog):
     """Changing what the checkpoints depend on is an error; any other change is a warning naming the keys."""
     args = [*base(world, tmp_path), "method.name=okd", "train.max_steps=2", "train.save_every=1"]

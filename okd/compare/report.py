@@ -172,9 +172,9 @@ def _headroom_lines(plan: Plan, room: list[dict] | None) -> list[str]:
     if not room:
         return lines + ["Not measured yet: the teacher row or the sft run is not evaluated.", ""]
     rows = [[r["set"], f"{r['mean_diff']:+.2f}", f"[{r['ci95'][0]:+.2f}, {r['ci95'][1]:+.2f}]", r["prompts"],
-             "yes" if r["reaches_goal"] else "**no**"] for r in room]
-    lines += ["", markdown_table(["set", "teacher − sft", "95% CI", "prompts", f"≥ +{HEADROOM_GOAL:g}, CI > 0"], rows),
-              ""]
+             r.get("runs_b", "-"), "yes" if r["reaches_goal"] else "**no**"] for r in room]
+    lines += ["", markdown_table(["set", "teacher − sft", "95% CI", "prompts", "sft seeds",
+                                  f"≥ +{HEADROOM_GOAL:g}, CI > 0"], rows), ""]
     short = [r["set"] for r in room if not r["reaches_goal"]]
     if short:
         lines += [f"**The headroom is below +{HEADROOM_GOAL:g} ROUGE-L (interval excluding 0) on {', '.join(short)}:** "

@@ -58,9 +58,10 @@ def group_rows(plan: Plan, rows: list[dict]) -> list[dict]:
 
 
 def prompt_scores(eval_dir: Path, labels: list[str], dataset: str) -> np.ndarray | None:
-    """[prompts] ROUGE-L per prompt, averaged over the labels' (training seeds') sampling seeds."""
+    """[prompts] ROUGE-L per prompt, averaged over the labels' (training seeds') sampling seeds; labels not
+    evaluated yet are left out (`evaluated_labels` says which count), None when none is."""
     per_file = []
-    for label in labels:
+    for label in evaluated_labels(eval_dir, labels):
         try:
             res = json.loads((eval_dir / f"{label}.json").read_text())
         except (OSError, json.JSONDecodeError):
@@ -74,6 +75,10 @@ def prompt_scores(eval_dir: Path, labels: list[str], dataset: str) -> np.ndarray
     if not per_file or len({len(p) for p in per_file}) != 1:
         return None  # prompts must line up across files to be paired
     return np.asarray(per_file, dtype=np.float64).mean(axis=0)
+
+
+def evaluated_labels(eval_dir: Path, labels: list[str]) -> list[str]:
+    return [label for label in labels if (eval_dir / f"{label}.json").is_file()]
 
 
 def paired_bootstrap(a: np.ndarray, b: np.ndarray, *, samples: int = BOOTSTRAP_SAMPLES,
@@ -118,7 +123,8 @@ def intervals(plan: Plan, pairs: list[tuple[str, str]] | None = None) -> list[di
             sb = prompt_scores(plan.out / "eval", eval_labels(plan, b), name)
             if sa is None or sb is None or len(sa) != len(sb):
                 continue
-            out.append({"a": a, "b": b, "set": name, **paired_bootstrap(sa, sb)})
+            runs = {side: len(evaluated_labels(plan.out / "eval", eval_labels(plan, side))) for side in (a, b)}
+            out.append({"a": a, "b": b, "set": name, **paired_bootstrap(sa, sb), "runs_a": runs[a], "runs_b": runs[b]})
     return out
 
 
