@@ -203,7 +203,7 @@ def test_cli_dry_run_help_and_errors(tiny_dirs, tiny_data, tmp_path, capsys):
     grid.write_text(yaml.safe_dump(_grid(tiny_dirs, tiny_data, tmp_path / "g")))
     assert main(["compare", "-c", str(grid), "--dry-run"]) == 0
     out = capsys.readouterr().out
-    assert "| okd | okd | method.name=okd | - | 2 | new | todo, exposure todo |" in out
+    assert "| okd | okd | method.name=okd | - | - | 2 | new | todo, exposure todo |" in out
     assert not (tmp_path / "g").exists()  # a dry run writes nothing
     assert main(["compare", "-c", str(grid), "--only", "nope"]) == 2
     assert "--only: no run named 'nope'" in capsys.readouterr().err

@@ -25,7 +25,6 @@ DeepSpeed's own files load through its checkpoint engine (`torch.load`), not thr
 from __future__ import annotations
 
 import contextlib
-import hashlib
 import json
 import os
 import random
@@ -42,6 +41,7 @@ from safetensors.torch import load_file, load_model, save_file, save_model
 
 from okd.errors import OkdError
 from okd.paths import fix_permissions
+from okd.train.manifest import MANIFEST, manifest_problem, write_manifest
 from okd.train.sharding import fsdp_full_state, fsdp_name
 
 PREFIX = "step-"
@@ -171,27 +171,9 @@ def _write_files(tmp: Path, *, student, online, optimizers: dict, schedulers: di
     optim["schedulers"] = {k: s.state_dict() for k, s in schedulers.items()}
     torch.save(optim, tmp / "optim.pt")
     torch.save(method_state, tmp / "method.pt")
-    (tmp / MANIFEST).write_text(json.dumps(_manifest(tmp), indent=1))
+    write_manifest(tmp)
     # last: marks it complete; "manifest" says a manifest belongs to it (checkpoints written before it existed lack one)
     (tmp / "state.json").write_text(json.dumps({**state, "manifest": MANIFEST}, indent=1))
-
-
-MANIFEST = "manifest.json"
-
-
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as f:
-        for block in iter(lambda: f.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
-def _manifest(root: Path) -> dict:
-    """{relative path: {bytes, sha256}} of every file of a checkpoint but the manifest and state.json (written
-    after it; it is checked by parsing); the rng files of every rank and DeepSpeed's partitions included."""
-    files = sorted(p for p in root.rglob("*") if p.is_file() and p.name not in (MANIFEST, "state.json"))
-    return {"files": {str(p.relative_to(root)): {"bytes": p.stat().st_size, "sha256": _sha256(p)} for p in files}}
 
 
 def _move_into_place(root: Path, tmp: Path, final: Path, step: int, keep: int) -> None:
@@ -312,8 +294,8 @@ def check_readable(path: Path, *, rank: int = 0, models: bool = True, online: bo
         raise _damaged(path, "state.json", e) from None
     if not isinstance(state, dict):
         raise _damaged(path, "state.json", "not the state okd writes")
-    if state.get("manifest"):
-        _check_manifest(path)
+    if state.get("manifest") and (problem := manifest_problem(path)):
+        raise _damaged(path, *problem)
     names = ["state.json", "optim.pt", "method.pt"]
     names += ["student.safetensors"] if models else []
     names += ["online.safetensors"] if models and online else []
@@ -331,24 +313,6 @@ def check_readable(path: Path, *, rank: int = 0, models: bool = True, online: bo
                     t.keys()
         except Exception as e:  # noqa: BLE001 - FileNotFoundError, BadZipFile, SafetensorError, JSONDecodeError
             raise _damaged(path, name, e) from None
-
-
-def _check_manifest(path: Path) -> None:
-    try:
-        files = json.loads((path / MANIFEST).read_text())["files"]
-    except FileNotFoundError as e:
-        raise _damaged(path, MANIFEST, e) from None
-    except (OSError, ValueError, KeyError, TypeError) as e:
-        raise _damaged(path, MANIFEST, "not the manifest okd writes") from None
-    for name, want in files.items():
-        f = path / name
-        if not f.is_file():
-            raise _damaged(path, name, "missing")
-        size = f.stat().st_size
-        if size != want["bytes"]:
-            raise _damaged(path, name, f"{size} bytes, written with {want['bytes']}")
-        if _sha256(f) != want["sha256"]:
-            raise _damaged(path, name, "its contents changed since it was written (sha256)")
 
 
 def _is_read_error(e: BaseException) -> bool:

@@ -195,7 +195,7 @@ def data_sha256(features: list[dict]) -> str:
     """What the run trains on, as encoded (examples, order, tokens, labels): a resume checks it is unchanged."""
     import hashlib
 
-    from okd.models.teacher_cache import feature_digests
+    from okd.models.fingerprints import feature_digests
 
     return hashlib.sha256(feature_digests(features).tobytes()).hexdigest()
 
