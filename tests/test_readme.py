@@ -52,7 +52,9 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
                                                "--exposure-samples", "1", "--exposure-max-len", "4",
                                                "--exposure-length", "2"]),
     "okd plot runs/okd-smollm2 runs/fkd-smollm2 -o curves.png": ("okd", []),
-    "okd push runs/okd-smollm2 --repo my-org/smollm2-okd-8l": ("okd", []),
+    # (the test's teacher is a tiny local model standing in for the preset, whose hub id push knows by itself)
+    "okd push runs/okd-smollm2 --repo my-org/smollm2-okd-8l": ("okd", ["--teacher-repo",
+                                                                     "HuggingFaceTB/SmolLM2-135M-Instruct"]),
     "okd models list": ("okd", []),
     "okd data list": ("okd", []),
     "python -c \"from okd.models.tiny import save_tiny; save_tiny('tiny/teacher', layers=4); "

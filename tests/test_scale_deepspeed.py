@@ -156,8 +156,8 @@ def test_deepspeed_zero3_okd_checkpoint_and_resume(base_overrides, tmp_path):
     dirs = checkpoint_dirs(out / "checkpoints")
     assert [d.name for d in dirs] == ["step-0000002", "step-0000003"]  # keep_checkpoints=2
     last = dirs[-1]
-    assert sorted(p.name for p in last.iterdir()) == ["deepspeed", "method.pt", "optim.pt", "rng-0.pt", "rng-1.pt",
-                                                      "state.json"]
+    assert sorted(p.name for p in last.iterdir()) == ["deepspeed", "manifest.json", "method.pt", "optim.pt", "rng-0.pt",
+                                                      "rng-1.pt", "state.json"]
     assert sorted(p.name for p in (last / "deepspeed").iterdir()) == ["online", "student"]
     optim = torch.load(last / "optim.pt", weights_only=True)
     assert optim["format"] == "deepspeed" and set(optim["optimizers"]) == set(optim["schedulers"]) == {"online", "student"}

@@ -87,8 +87,8 @@ def test_fsdp_okd_checkpoint_and_resume(base_overrides, tiny_dirs, tmp_path):
     assert not (out / "summary.json").exists()
     last = checkpoint_dirs(out / "checkpoints")[-1]
     assert last.name == "step-0000003"
-    assert sorted(p.name for p in last.iterdir()) == ["method.pt", "online.safetensors", "optim.pt", "rng-0.pt",
-                                                      "rng-1.pt", "state.json", "student.safetensors"]
+    assert sorted(p.name for p in last.iterdir()) == ["manifest.json", "method.pt", "online.safetensors", "optim.pt",
+                                                      "rng-0.pt", "rng-1.pt", "state.json", "student.safetensors"]
     optim = torch.load(last / "optim.pt", weights_only=True)
     assert optim["format"] == "fsdp" and set(optim["optimizers"]) == {"online", "student"}
     student = load_file(last / "student.safetensors")  # whole tensors, not shards
@@ -114,6 +114,9 @@ def test_fsdp_checkpoint_is_refused_without_fsdp(base_overrides, tmp_path):
     optim = torch.load(last / "optim.pt", weights_only=True)
     optim["format"] = "fsdp"
     torch.save(optim, last / "optim.pt")
+    from okd.train.manifest import write_manifest
+
+    write_manifest(last)  # as an FSDP run would have written it (not damage)
     with pytest.raises(OkdError, match=r"was written under FSDP; resume it with the distributed setting it was "
                                        r"written with"):
         load_checkpoint(last, student=None, online=None, optimizers={"student": None}, schedulers={})

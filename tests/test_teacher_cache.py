@@ -231,7 +231,7 @@ def test_build_resumes_after_a_kill_and_skips_complete_shards(env, tmp_path, mon
     calls.clear()
     _build(env, tmp_path / "c", 8)  # complete: nothing recomputed
     assert not calls
-    with pytest.raises(OkdError, match="another top_k"):
+    with pytest.raises(OkdError, match="another --top-k"):
         _build(env, tmp_path / "c", 16)
 
 

