@@ -25,7 +25,8 @@ METHODS = ("sft", "fkd", "rkd", "jsd", "tvd", "seqkd", "imitkd", "gkd", "distill
 GENERATING_METHODS = ("seqkd", "imitkd", "gkd", "distillm", "minillm")
 # The distribution divergences of okd.losses.token_divergence (DESIGN.md §1); a method may also train on "ce".
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd", "skl", "srkl")
-MODULE_KL_WEIGHTS = ("uniform", "teacher_miss")  # online.kl_weight (okd.losses.closed_form.module_kl_weight)
+MODULE_KL_WEIGHTS = ("uniform", "teacher_miss")
+CROSS_TOKENIZER_METHODS = ("fkd", "rkd", "jsd")  # method.cross_tokenizer: frozen-teacher ground-truth KD for now  # online.kl_weight (okd.losses.closed_form.module_kl_weight)
 
 # What each method trains with when `method.divergence` / `method.teacher` are left unset.
 METHOD_DEFAULTS: dict[str, tuple[str, str]] = {
@@ -105,6 +106,9 @@ class DataConfig(Section):
     train: PathText | None = None
     valid: PathText | None = None
     template: Literal["alpaca", "chat", "plain"] = "alpaca"
+    # the teacher's template with method.cross_tokenizer; unset: data.template (alpaca where that is chat and
+    # the teacher's tokenizer has no chat template)
+    teacher_template: Literal["alpaca", "chat", "plain"] | None = None
     max_length: Int = 512  # at least 2 (Config._consistent, with the tokenizer's message)
     max_prompt_length: AtLeastOne = 256  # prompts for generation (on-policy methods, eval)
     skip_invalid: bool = False
@@ -123,6 +127,13 @@ class MethodConfig(Section):
     beta: Fraction = 0.5  # jsd(β)
     alpha: Fraction = 0.1  # skl/srkl skew
     ce_weight: NonNegative = 0.0  # extra ground-truth CE on the student, for the divergence methods
+    # Teacher and student with different tokenizers (okd.crosstok; frozen-teacher fkd/rkd/jsd): "off" refuses
+    # them. hybrid (recommended): the exact method.divergence over the shared vocabulary wherever one token
+    # on each side spells the same bytes (everywhere, with identical tokenizers: then it is fkd/rkd/jsd
+    # itself), ULD elsewhere; uld: the sorted-probability distance at every aligned group (no shared
+    # vocabulary needed, only an approximation of the divergence); span: the groups' chain-rule span
+    # likelihoods compared (Bernoulli KL), no next-token distribution.
+    cross_tokenizer: Literal["off", "uld", "hybrid", "span"] = "off"
     lmbda: Fraction = 0.5  # gkd: probability of a student-generated batch
     # Sampling inside training (imitkd, gkd, distillm, minillm) and for seqkd's teacher outputs.
     max_new_tokens: AtLeastOne = 128
@@ -256,6 +267,13 @@ class Config(Section):
         if m.resolved_teacher == "none" and m.name != "sft":
             raise ValueError(f"method.teacher: method {m.name!r} needs a teacher; leave method.teacher unset "
                              "(or frozen / online) and set teacher.path")
+        if m.cross_tokenizer != "off" and (m.name not in CROSS_TOKENIZER_METHODS or m.resolved_teacher != "frozen"
+                                           or self.teacher.cache):
+            raise ValueError(f"method.cross_tokenizer={m.cross_tokenizer} distils across tokenizers with the "
+                             f"frozen-teacher ground-truth methods {', '.join(CROSS_TOKENIZER_METHODS)} only (not "
+                             f"method.name={m.name} with teacher {m.resolved_teacher}"
+                             f"{', teacher.cache' if self.teacher.cache else ''}); use one of them, or "
+                             "method.cross_tokenizer=off")
         return self
 
     def to_yaml(self) -> str:

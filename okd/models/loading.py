@@ -121,8 +121,9 @@ def load_model(cfg: ModelConfig):
     return model.eval()
 
 
-def check_same_vocab(teacher_tok, student_tok) -> None:
-    """Raise if teacher and student tokenize differently (needs the tokenizers only)."""
+def check_same_vocab(teacher_tok, student_tok, remedy: str = "") -> None:
+    """Raise if teacher and student tokenize differently (needs the tokenizers only); `remedy` ends the
+    message (training names method.cross_tokenizer there)."""
     vt, vs = teacher_tok.get_vocab(), student_tok.get_vocab()
     if vt != vs:
         only_t = len(set(vt) - set(vs))
@@ -131,16 +132,17 @@ def check_same_vocab(teacher_tok, student_tok) -> None:
         raise OkdError(
             f"teacher and student tokenizers differ ({len(vt)} vs {len(vs)} tokens; {only_t} only in the "
             f"teacher, {only_s} only in the student, {moved} with other ids); KD needs the same vocabulary"
+            + (f": {remedy}" if remedy else "")
         )
 
 
-def check_compatible(teacher_tok, student_tok, teacher, student) -> int:
+def check_compatible(teacher_tok, student_tok, teacher, student, remedy: str = "") -> int:
     """Return the shared vocabulary size V, or raise if teacher and student tokenize differently.
 
     A model whose output matrix is padded beyond the tokenizer (common for speed) is fine: logits
     past V never correspond to a token and are dropped by the losses.
     """
-    check_same_vocab(teacher_tok, student_tok)
+    check_same_vocab(teacher_tok, student_tok, remedy)
     vocab = len(teacher_tok)
     for role, model in (("teacher", teacher), ("student", student)):
         rows = output_weight(model).shape[0]

@@ -158,7 +158,7 @@ def _check_models(cfg: Config) -> None:
     """Tokenizers first (the errors the trainer would give), then each model's config: its embedding
     against its tokenizer, its context against the lengths, the online module's layers."""
     from okd.data.templates import check_template
-    from okd.models.loading import check_context, check_same_vocab, check_vocab_rows, load_model_config, load_tokenizer
+    from okd.models.loading import check_context, check_vocab_rows, load_model_config, load_tokenizer
     from okd.models.online import layer_indices
 
     mode = cfg.method.resolved_teacher
@@ -167,7 +167,7 @@ def _check_models(cfg: Config) -> None:
         roles.append(("teacher", cfg.teacher))
     tokenizers = {role: load_tokenizer(mc) for role, mc in roles}
     if "teacher" in tokenizers:
-        check_same_vocab(tokenizers["teacher"], tokenizers["student"])
+        _check_tokenizer_pair(cfg, tokenizers["teacher"], tokenizers["student"])
     check_template(cfg.data.template, tokenizers["student"])
     d, m = cfg.data, cfg.method
     # training prompts come from the training features (at most data.max_length - 1 tokens: a response has one
@@ -190,6 +190,30 @@ def _check_models(cfg: Config) -> None:
             layer_indices(SimpleNamespace(config=model_config), cfg.online)
 
 
+def _check_tokenizer_pair(cfg: Config, teacher_tok, student_tok) -> None:
+    """The same vocabulary (else the refusal names method.cross_tokenizer); across tokenizers: fast ones
+    (offsets), an EOS on each side, and the teacher's template."""
+    from okd.crosstok.data import CROSS_HINT, check_fast, teacher_template
+    from okd.data.templates import check_template
+    from okd.models.loading import check_same_vocab
+
+    if cfg.method.cross_tokenizer == "off":
+        check_same_vocab(teacher_tok, student_tok, CROSS_HINT)
+        return
+    for tok, role in ((teacher_tok, "teacher"), (student_tok, "student")):
+        check_fast(tok, role)
+        if tok.eos_token_id is None:
+            raise OkdError(f"the {role}'s tokenizer has no EOS token; set its eos_token (responses end with it)")
+    template = teacher_template(cfg, teacher_tok)
+    if cfg.data.teacher_template is None and template != cfg.data.template:
+        import logging
+
+        logging.getLogger("okd.train.trainer").warning(
+            "data.template=chat: the teacher's tokenizer has no chat template, so the teacher reads the alpaca "
+            "template (set data.teacher_template to choose)")
+    check_template(template, teacher_tok)
+
+
 def _unused_keys(cfg: Config) -> dict[str, bool]:
     """Dotted key -> whether this method uses it (the keys only some methods read)."""
     m = cfg.method
@@ -205,6 +229,7 @@ def _unused_keys(cfg: Config) -> dict[str, bool]:
         "method.top_p": sampling,
         "method.seqkd_cache": name == "seqkd",
         "method.seqkd_greedy": name == "seqkd",
+        "data.teacher_template": m.cross_tokenizer != "off",
     }
     # sft trains on CE alone; minillm's reverse KL is at temperature 1 with its own loss; seqkd with "ce"
     # trains on the teacher's answers only

@@ -103,6 +103,7 @@ def load_models(cfg: Config):
     from okd.models.loading import check_compatible, check_embeddings, load_model, load_tokenizer
     from okd.models.online import add_online_module
     from okd.models.teacher_cache import open_cache, validate_cache
+    from okd.crosstok.data import CROSS_HINT
 
     mode = cfg.method.resolved_teacher
     tokenizer = load_tokenizer(cfg.student)
@@ -113,10 +114,15 @@ def load_models(cfg: Config):
         validate_cache(cache, cfg, tokenizer, vocab_size=vocab)
     elif mode != "none":
         teacher = load_model(cfg.teacher)
+        t_tok = load_tokenizer(cfg.teacher)
         # (with DeepSpeed's zero3_init_flag the models arrive partitioned: gather the heads to count their rows)
         with zero3_gathered(head_params(teacher) + head_params(student)):
-            vocab = check_compatible(load_tokenizer(cfg.teacher), tokenizer, teacher, student)
-            check_embeddings(teacher, tokenizer, "teacher")
+            if cfg.method.cross_tokenizer == "off":
+                vocab = check_compatible(t_tok, tokenizer, teacher, student, CROSS_HINT)
+            else:  # each model against its own tokenizer
+                check_compatible(t_tok, t_tok, teacher, teacher)
+                vocab = check_compatible(tokenizer, tokenizer, student, student)
+            check_embeddings(teacher, t_tok, "teacher")
         teacher = add_online_module(teacher, cfg.online) if mode == "online" else teacher.requires_grad_(False)
     with zero3_gathered(head_params(student)):
         check_embeddings(student, tokenizer, "student")  # every method, sft included
@@ -124,20 +130,30 @@ def load_models(cfg: Config):
     return student, teacher, tokenizer, vocab, cache
 
 
-def load_split(cfg: Config, source: str, split: str, tokenizer, limit: int | None, progress: bool):
+def load_split(cfg: Config, source: str, split: str, tokenizer, limit: int | None, progress: bool,
+               teacher_tokenizer=None):
+    """(examples, features, stats); with a teacher_tokenizer (method.cross_tokenizer) each feature holds the
+    teacher's encoding and the alignment too (okd.crosstok.data)."""
+    from okd.crosstok.data import encode_pairs, teacher_template
     from okd.data import encode_examples, load_examples_with_stats
 
     examples, read_stats = load_examples_with_stats(source, split=split, skip_invalid=cfg.data.skip_invalid,
                                                     limit=limit)
-    features, stats = encode_examples(examples, tokenizer, cfg.data.template, cfg.data.max_length,
-                                      progress=progress, source=f"data.{split} {source!r}")
+    where = f"data.{split} {source!r}"
+    if teacher_tokenizer is None:
+        features, stats = encode_examples(examples, tokenizer, cfg.data.template, cfg.data.max_length,
+                                          progress=progress, source=where)
+    else:
+        features, stats = encode_pairs(examples, tokenizer, teacher_tokenizer, cfg.data.template,
+                                       teacher_template(cfg, teacher_tokenizer), cfg.data.max_length, source=where)
     stats.update({f"records_{k}": v for k, v in read_stats.items() if k != "n"})
     return examples, features, stats
 
 
-def load_data(cfg: Config, tokenizer, progress: bool):
-    """(train features, their stats, valid examples, valid features)."""
-    _, features, stats = load_split(cfg, cfg.data.train, "train", tokenizer, cfg.data.train_limit, progress)
+def load_data(cfg: Config, tokenizer, progress: bool, teacher_tokenizer=None):
+    """(train features, their stats, valid examples, valid features); validation scores the student only."""
+    _, features, stats = load_split(cfg, cfg.data.train, "train", tokenizer, cfg.data.train_limit, progress,
+                                    teacher_tokenizer)
     for i, f in enumerate(features):
         f["example_index"] = i  # the row of a teacher cache built on the same data
     valid_examples, valid_features = [], []
@@ -243,8 +259,10 @@ def restore(run: Run, resume: bool) -> None:
 
 def setup(cfg: Config, *, resume: bool, progress: bool) -> Run:
     from accelerate.utils import set_seed
+    from okd.crosstok.data import CrossCollator
     from okd.data import Collator
     from okd.methods import Models, build_method
+    from okd.models.loading import load_tokenizer
 
     out = prepare_output_dir(cfg, resume)
     accelerator = make_accelerator(cfg, out)
@@ -260,7 +278,8 @@ def setup(cfg: Config, *, resume: bool, progress: bool) -> Run:
 
     student, teacher, tokenizer, vocab, cache = load_models(cfg)
     progress = progress and accelerator.is_main_process
-    features, stats, valid_examples, valid_features = load_data(cfg, tokenizer, progress)
+    t_tok = load_tokenizer(cfg.teacher) if cfg.method.cross_tokenizer != "off" else None
+    features, stats, valid_examples, valid_features = load_data(cfg, tokenizer, progress, t_tok)
     if cache is not None:
         cache.check_features("train", features)  # the cache was built on these examples, in this order
     for warning in data_warnings(cfg, len(features), accelerator.num_processes):
@@ -276,11 +295,15 @@ def setup(cfg: Config, *, resume: bool, progress: bool) -> Run:
                                      gathered=strategy.gathered, teacher_cache=cache))
     method.valid_examples = valid_examples
     pad = cfg.data.pad_to_multiple_of or (64 if accelerator.device.type == "cuda" else 1)
+    collate = Collator(tokenizer.pad_token_id, pad_to_multiple_of=pad)
+    if t_tok is not None:  # the teacher's batch and the alignment's groups next to the student's
+        method.attach_teacher_tokenizer(t_tok)
+        collate = CrossCollator(collate, t_tok.pad_token_id if t_tok.pad_token_id is not None else t_tok.eos_token_id)
     order = BatchOrder([len(f["input_ids"]) for f in features], cfg.train.batch_size * accelerator.num_processes,
                        cfg.train.seed, cfg.data.group_by_length)
     run = Run(cfg=cfg, out=out, accelerator=accelerator, strategy=strategy, method=method, tokenizer=tokenizer,
               optimizers=optimizers, schedulers=schedulers, features=features, valid_features=valid_features,
-              collate=Collator(tokenizer.pad_token_id, pad_to_multiple_of=pad), order=order,
+              collate=collate, order=order,
               state=RunState(data_sha256=data_sha256(features)), data_stats=stats)
     restore(run, resume)
     run.state.commands.append(command_line())  # after the resumed run's own (the model card lists them all)

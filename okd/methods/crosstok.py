@@ -1,0 +1,100 @@
+"""Word-level KD across tokenizers against a frozen teacher (fkd, rkd, jsd with method.cross_tokenizer).
+
+The batch (okd.crosstok.data.CrossCollator) holds both sides' padded batches and the groups of tokens
+covering the same bytes; the teacher runs (no grad) on its own tokens, the student on its own. The loss
+over groups (okd.crosstok): `hybrid` (the exact `method.divergence` over the shared vocabulary at 1-1
+shared-token groups, span-aligned ULD elsewhere), `uld` (span-aligned ULD at every group) or `span`
+(chain-rule span likelihoods, Bernoulli KL). τ²·Σ_groups / norm, norm = the student's scored tokens as
+for every okd loss, plus method.ce_weight·CE on all the student's scored tokens.
+
+Memory: only hidden states of the scored rows are kept; the library's loss functions read logits
+through `RowLogits`, which forms `hidden[rows] @ head.T` for the rows asked for. The losses ask the
+teacher for one chunk of rows at a time under no_grad (train.loss_chunk_size rows of V_t at most:
+the teacher's [N_t, V_t] logits never exist); the student's selected rows are one product, as the
+library's autograd path needs ([rows, V_s], rows = the groups' rows).
+"""
+
+from __future__ import annotations
+
+import torch
+import torch.nn.functional as F
+
+from okd.crosstok import hybrid_loss, span_loss, span_uld_loss
+from okd.crosstok.data import groups_of, pair_vocab
+from okd.losses import chunked_pair_loss, token_ce
+from okd.methods.base import Method, Scored, head, scored_hidden
+from okd.models.loading import final_hidden
+
+
+class RowLogits:
+    """Logits [N, V] = hidden @ weight.T, formed only for the rows index_select(0, rows) asks for."""
+
+    def __init__(self, hidden: torch.Tensor, weight: torch.Tensor):
+        self.hidden, self.weight = hidden, weight
+
+    @property
+    def shape(self):
+        return torch.Size((self.hidden.shape[0], self.weight.shape[0]))
+
+    @property
+    def device(self):
+        return self.hidden.device
+
+    @property
+    def dtype(self):
+        return self.hidden.dtype
+
+    @property
+    def requires_grad(self) -> bool:
+        return self.hidden.requires_grad or self.weight.requires_grad
+
+    def index_select(self, dim: int, rows: torch.Tensor) -> torch.Tensor:
+        if dim != 0:
+            raise ValueError("RowLogits selects rows only")
+        return F.linear(self.hidden.index_select(0, rows.to(self.hidden.device)), self.weight)
+
+    def new_zeros(self, *size, **kw):
+        return self.hidden.new_zeros(*size, **kw)
+
+
+class CrossTokenizerKD(Method):
+    name = "crosstok"
+    shared = None  # okd.crosstok.SharedVocab of the model pair (attach_teacher_tokenizer)
+    teacher_vocab_size = None
+
+    def attach_teacher_tokenizer(self, teacher_tokenizer) -> None:
+        """Called once by setup: the teacher's vocabulary size and the shared vocabulary (hybrid)."""
+        self.teacher_vocab_size = len(teacher_tokenizer)
+        if self.cfg.method.cross_tokenizer == "hybrid":
+            self.shared = pair_vocab(teacher_tokenizer, self.models.tokenizer)
+
+    def group_values(self, zs, zt, groups, s_labels, t_labels) -> torch.Tensor:
+        m, chunk = self.cfg.method, self.cfg.train.loss_chunk_size
+        if m.cross_tokenizer == "hybrid":
+            per = hybrid_loss(zs, zt, groups, self.shared, s_labels, t_labels, kind=m.resolved_divergence,
+                              temperature=m.temperature, beta=m.beta, alpha=m.alpha, chunk_size=chunk)
+            self.metrics["xtok_exact_groups"] = per.counts["exact"]
+            self.metrics["xtok_uld_groups"] = per.counts["uld"]
+        elif m.cross_tokenizer == "uld":
+            per = span_uld_loss(zs, zt, groups, temperature=m.temperature, chunk_size=chunk)
+        else:
+            per = span_loss(zs, zt, groups, s_labels, t_labels, chunk_size=chunk)
+        return per.values
+
+    def losses(self, batch, norm):
+        models, m = self.models, self.cfg.method
+        scored = Scored.of(batch)
+        t_scored = Scored.from_labels(batch["teacher_labels"], batch.get("teacher_scored_index"))
+        with torch.no_grad():  # the frozen teacher, on its own tokens
+            mask = None if "teacher_scored_index" in batch else batch["teacher_attention_mask"]
+            h_t = t_scored.select(final_hidden(models.teacher, batch["teacher_input_ids"], mask))
+        h_s = scored_hidden(models.student, batch, scored)
+        w_s = head(models.student, models.vocab_size)
+        zt = RowLogits(h_t, head(models.teacher, self.teacher_vocab_size).detach())
+        values = self.group_values(RowLogits(h_s, w_s), zt, groups_of(batch), scored.targets, t_scored.targets)
+        loss = self.tau2 * values.sum()
+        if m.ce_weight:
+            ce, _ = chunked_pair_loss(lambda zs, _zt, y: (token_ce(zs, y), None), h_s, w_s, None, None,
+                                      labels=scored.targets, chunk_size=self.cfg.train.loss_chunk_size)
+            loss = loss + m.ce_weight * ce
+        return {"student": loss / norm}

@@ -1,0 +1,163 @@
+"""Training across tokenizers (okd.crosstok.data, okd.methods.crosstok, method.cross_tokenizer): the
+cross-tokenizer path equals fkd with identical tokenizers, trains across two different tokenizers, and
+the same-vocabulary refusal names the option."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from okd.config import build_config
+from okd.crosstok.data import CrossCollator, encode_pairs
+from okd.data import Collator, load_examples
+from okd.errors import OkdError
+from okd.methods import Models, build_method
+from okd.methods.base import scored_index
+from okd.methods.crosstok import CrossTokenizerKD
+from okd.methods.kd import FrozenTeacherKD
+from okd.models.loading import load_model, load_tokenizer
+from okd.train import train
+
+
+def _sentencepiece_like(corpus: list[str]):
+    """A small trained BPE under the SentencePiece convention (Metaspace `▁`, prepended to the text):
+    other ids, other splits and another space convention than the tiny models' byte tokenizer."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token="<unk>"))
+    tok.pre_tokenizer = pre_tokenizers.Metaspace(replacement="▁", prepend_scheme="first")
+    tok.decoder = decoders.Metaspace(replacement="▁", prepend_scheme="first")
+    alphabet = sorted({ch for text in corpus for ch in text} | {"▁"})
+    trainer = trainers.BpeTrainer(vocab_size=300, special_tokens=["<unk>", "</s>", "<pad>"], initial_alphabet=alphabet)
+    tok.train_from_iterator(corpus, trainer)
+    return PreTrainedTokenizerFast(tokenizer_object=tok, eos_token="</s>", bos_token="</s>", pad_token="<pad>",
+                                   unk_token="<unk>")
+
+
+@pytest.fixture(scope="module")
+def other_teacher(tmp_path_factory, tiny_data):
+    """A 3-layer tiny llama teacher with its own (SentencePiece-like) tokenizer."""
+    import transformers as tf
+
+    from okd.data.templates import format_prompt
+
+    examples = load_examples(str(tiny_data))
+    tok = _sentencepiece_like([format_prompt(e, "alpaca") + e.response for e in examples])
+    ids = dict(bos_token_id=tok.eos_token_id, eos_token_id=tok.eos_token_id, pad_token_id=tok.pad_token_id)
+    torch.manual_seed(3)
+    config = tf.LlamaConfig(vocab_size=len(tok), hidden_size=48, intermediate_size=96, num_hidden_layers=3,
+                            num_attention_heads=4, num_key_value_heads=4, max_position_embeddings=512,
+                            tie_word_embeddings=True, **ids)
+    directory = tmp_path_factory.mktemp("other_teacher")
+    tf.AutoModelForCausalLM.from_config(config).save_pretrained(directory)
+    tok.save_pretrained(directory)
+    return directory
+
+
+def _grads(model):
+    return [p.grad.clone() for p in model.parameters() if p.grad is not None]
+
+
+def test_identical_tokenizers_equal_fkd(base_overrides):
+    """hybrid through the cross-tokenizer path (own encoding, alignment, collator, groups) = fkd's
+    FrozenTeacherKD on the same batch: loss and every student gradient, at τ = 2 with a CE weight."""
+    base_overrides = base_overrides + ["data.max_length=320"]  # whole prompts: rows of different lengths, padded
+    cfg = build_config({}, base_overrides + ["method.name=fkd", "method.cross_tokenizer=hybrid",
+                                             "method.temperature=2.0", "method.ce_weight=0.3",
+                                             "train.loss_chunk_size=7"])
+    tok = load_tokenizer(cfg.student)
+    student, teacher = load_model(cfg.student), load_model(cfg.teacher).requires_grad_(False)
+    models = Models(student=student, teacher=teacher, tokenizer=tok, vocab_size=len(tok))
+    cross = build_method(cfg, models)
+    assert isinstance(cross, CrossTokenizerKD)
+    cross.attach_teacher_tokenizer(load_tokenizer(cfg.teacher))
+    plain = FrozenTeacherKD(cfg=build_config({}, base_overrides + ["method.name=fkd", "method.temperature=2.0",
+                                                                    "method.ce_weight=0.3",
+                                                                    "train.loss_chunk_size=7"]), models=models)
+    feats, stats = encode_pairs(load_examples(cfg.data.train)[:6], tok, tok, "alpaca", "alpaca", cfg.data.max_length)
+    assert stats["teacher_unaligned"] == stats["student_unaligned"] == 0
+    assert stats["one_to_one_groups"] == stats["response_tokens"]
+    batch = CrossCollator(Collator(tok.pad_token_id), tok.pad_token_id)(feats)
+    assert stats["truncated_prompt"] == 0 and (batch["attention_mask"] == 0).any()
+    batch["scored_index"] = scored_index(batch["labels"])
+    norm = float(len(batch["scored_index"]))
+    results = []
+    for method in (plain, cross):
+        student.zero_grad()
+        loss = method.losses(batch, norm)["student"]
+        loss.backward()
+        results.append((loss.detach(), _grads(student)))
+    (l_plain, g_plain), (l_cross, g_cross) = results
+    assert float(l_plain) > 0
+    torch.testing.assert_close(l_cross, l_plain, atol=1e-5, rtol=1e-5)
+    assert len(g_cross) == len(g_plain) > 0
+    for a, b in zip(g_cross, g_plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def _losses(out) -> list[float]:
+    return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.parametrize("loss", ["hybrid", "uld", "span"])
+def test_trains_across_tokenizers(base_overrides, other_teacher, tmp_path, loss):
+    """fkd with a teacher whose tokenizer differs: finite losses that go down over 10 steps, the
+    alignment's unaligned-token counts in summary.json, the student saved."""
+    out = tmp_path / f"run_{loss}"
+    overrides = [o for o in base_overrides if not o.startswith(("output_dir=", "train.max_steps="))]
+    train(build_config({}, overrides + [f"teacher.path={other_teacher}", "method.name=fkd",
+                                        f"method.cross_tokenizer={loss}", "train.max_steps=10", "train.lr=3e-3",
+                                        "train.eval_every=0", "data.valid_limit=4", f"output_dir={out}"]),
+          progress=False)
+    losses = _losses(out)
+    assert len(losses) == 10 and all(torch.isfinite(torch.tensor(losses)))
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    data = json.loads((out / "summary.json").read_text())["data"]
+    for key in ("teacher_unaligned", "student_unaligned", "aligned_groups", "one_to_one_groups"):
+        assert isinstance(data[key], int), key
+    # different tokenizations of the same answers: groups exist, fewer than the byte tokenizer's tokens
+    assert 0 < data["aligned_groups"] < data["response_tokens"]
+    assert data["student_unaligned"] < data["response_tokens"] / 4
+    assert (out / "student" / "config.json").exists()
+
+
+def test_unaligned_tokens_are_counted(other_teacher):
+    """A response cut short on one side only: the tokens past the last common boundary are counted on
+    each side (here the student's byte tokens " red" and the teacher's "▁red." and its EOS)."""
+    from okd.data.readers import Example
+    from okd.models.tiny import byte_tokenizer
+
+    t_tok = load_tokenizer(build_config({}, [f"teacher.path={other_teacher}"]).teacher)
+    ex = Example(instruction="Say red and blue.", response="red blue red.")
+    assert t_tok.convert_ids_to_tokens(t_tok(ex.response, add_special_tokens=False)["input_ids"]) == \
+        ["▁red", "▁blue", "▁red."]
+    feats, stats = encode_pairs([ex], byte_tokenizer(), t_tok, "plain", "plain", 20)
+    assert stats["truncated_response"] == 1  # the student's 14 tokens cut to 12: "red blue red"
+    assert (stats["teacher_unaligned"], stats["student_unaligned"], stats["aligned_groups"]) == (2, 4, 2)
+    al = feats[0]["alignment"]
+    assert al.teacher.tolist() == [[0, 0], [1, 1]] and al.student.tolist() == [[0, 2], [3, 7]]
+
+
+def test_vocabulary_mismatch_names_the_option(base_overrides, other_teacher, tmp_path):
+    """method.cross_tokenizer=off with another tokenizer: one OkdError line naming the option, before any
+    model loads (preflight reads tokenizers only)."""
+    from okd.train.preflight import preflight
+
+    cfg = build_config({}, base_overrides + [f"teacher.path={other_teacher}", "method.name=fkd"])
+    with pytest.raises(OkdError) as err:
+        preflight(cfg)
+    message = str(err.value)
+    assert "\n" not in message
+    assert "tokenizers differ" in message and "method.cross_tokenizer=hybrid" in message
+
+
+def test_cross_tokenizer_refused_outside_frozen_kd(base_overrides):
+    """Only frozen-teacher fkd/rkd/jsd: okd (online teacher), sft and seqkd are refused with one line."""
+    for name in ("okd", "seqkd", "tvd"):
+        with pytest.raises(OkdError) as err:
+            build_config({}, base_overrides + [f"method.name={name}", "method.cross_tokenizer=hybrid"])
+        assert "method.cross_tokenizer" in str(err.value) and "\n" not in str(err.value)
+    build_config({}, base_overrides + ["method.name=rkd", "method.cross_tokenizer=span"])
