@@ -46,7 +46,7 @@ def _fmt(v: Any) -> str:
 
 # ----------------------------------------------------------------------------- names fit for a hub
 
-def _preset_hub_id(path: Any) -> str | None:
+def preset_hub_id(path: Any) -> str | None:
     from okd.models.presets import MODEL_PRESETS, preset_dir
 
     if isinstance(path, str) and path in MODEL_PRESETS:
@@ -59,20 +59,17 @@ def _preset_hub_id(path: Any) -> str | None:
 
 
 def _front_matter_base_model(model_dir: Path) -> str | None:
-    """The first `base_model:` of a model card (an okd card or the hub's)."""
+    """The first `base_model:` of a model card (an okd card or the hub's), where it is a hub id."""
+    import yaml
+
     try:
         text = (model_dir / "README.md").read_text(encoding="utf-8")
-    except (OSError, UnicodeDecodeError):
+        meta = yaml.safe_load(text.split("---", 2)[1]) if text.startswith("---") else None
+    except (OSError, UnicodeDecodeError, IndexError, yaml.YAMLError):
         return None
-    head = text.split("---", 2)[1] if text.startswith("---") else ""
-    lines = head.splitlines()
-    for i, line in enumerate(lines):
-        if line.startswith("base_model:"):
-            inline = line.removeprefix("base_model:").strip()
-            value = inline or (lines[i + 1].strip().removeprefix("- ") if i + 1 < len(lines) else "")
-            value = value.strip().strip('"').strip("'")
-            return value if _hub_like(value) else None
-    return None
+    value = meta.get("base_model") if isinstance(meta, dict) else None
+    value = value[0] if isinstance(value, list) and value else value
+    return value if _hub_like(value) else None
 
 
 def base_model_of(path: Any, _depth: int = 0) -> str | None:
@@ -80,7 +77,7 @@ def base_model_of(path: Any, _depth: int = 0) -> str | None:
     was pruned from (okd_student.json) or its card's base_model (a run's student, a tuned teacher)."""
     if not path or _depth > 8:
         return None
-    if hub := _preset_hub_id(path):
+    if hub := preset_hub_id(path):
         return hub
     if _hub_like(path):
         return str(path)
@@ -94,7 +91,14 @@ def base_model_of(path: Any, _depth: int = 0) -> str | None:
     return _front_matter_base_model(d)
 
 
-def _local_name(path: str) -> str:
+def teacher_hub_id(teacher: Any, teacher_repo: str | None = None) -> str | None:
+    """The hub id an adapter of `teacher` names as its base model: the one given, a preset's, a hub id itself
+    (None for a local model: the hub cannot load it)."""
+    return teacher_repo or preset_hub_id(teacher) or (teacher if _hub_like(teacher) else None)
+
+
+def local_name(path: str) -> str:
+    """A local path as a card names it: its last part (a run's student: run/student)."""
     p = Path(path)
     return f"{p.parent.name}/{p.name}" if p.name == "student" and p.parent.name else p.name
 
@@ -104,12 +108,12 @@ def public_model(path: Any) -> str:
     (machine-local paths are not published) and the hub model it descends from."""
     if not path:
         return "none"
-    if hub := _preset_hub_id(path):
+    if hub := preset_hub_id(path):
         return hub
     if _hub_like(path):
         return str(path)
     origin = base_model_of(path)
-    return f"a local model `{_local_name(str(path))}`" + (f", from `{origin}`" if origin else "")
+    return f"a local model `{local_name(str(path))}`" + (f", from `{origin}`" if origin else "")
 
 
 def public_data(source: Any) -> str | None:
@@ -204,7 +208,7 @@ def online_card(cfg: Any, summary: dict, command: str | None = None, *, repo_id:
     """The text of online_module/README.md (instead of peft's empty template)."""
     tree = _tree(cfg)
     teacher = get_dotted(tree, "teacher.path")
-    base = teacher_repo or _preset_hub_id(teacher) or (teacher if _hub_like(teacher) else None)
+    base = teacher_hub_id(teacher, teacher_repo)
     o = tree.get("online") or {}
     meta = ["---", "library_name: peft", *_yaml_list("tags", ["okd", "knowledge-distillation", "lora", "online-module"]),
             *_yaml_list("base_model", [base]), "---"]
@@ -248,7 +252,7 @@ def write_online_card(out_dir: str | Path, cfg: Any, summary: dict, command: str
     module = Path(out_dir) / "online_module"
     if not module.is_dir():
         return None
-    hub = _preset_hub_id(get_dotted(_tree(cfg), "teacher.path"))
+    hub = preset_hub_id(get_dotted(_tree(cfg), "teacher.path"))
     adapter = module / "adapter_config.json"
     if hub and adapter.is_file():  # a preset's converted directory: name the teacher by its hub id, loadable anywhere
         conf = json.loads(adapter.read_text())

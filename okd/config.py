@@ -25,8 +25,8 @@ METHODS = ("sft", "fkd", "rkd", "jsd", "tvd", "seqkd", "imitkd", "gkd", "distill
 GENERATING_METHODS = ("seqkd", "imitkd", "gkd", "distillm", "minillm")
 # The distribution divergences of okd.losses.token_divergence (DESIGN.md §1); a method may also train on "ce".
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd", "skl", "srkl")
-MODULE_KL_WEIGHTS = ("uniform", "teacher_miss")
-CROSS_TOKENIZER_METHODS = ("fkd", "rkd", "jsd")  # method.cross_tokenizer: frozen-teacher ground-truth KD for now  # online.kl_weight (okd.losses.closed_form.module_kl_weight)
+MODULE_KL_WEIGHTS = ("uniform", "teacher_miss")  # online.kl_weight (okd.losses.closed_form.module_kl_weight)
+CROSS_TOKENIZER_METHODS = ("fkd", "rkd", "jsd")  # method.cross_tokenizer: frozen-teacher ground-truth KD for now
 
 # What each method trains with when `method.divergence` / `method.teacher` are left unset.
 METHOD_DEFAULTS: dict[str, tuple[str, str]] = {

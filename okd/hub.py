@@ -57,14 +57,13 @@ def push_plan(run_dir: Path, *, online_module: bool = True) -> list[tuple[str, P
 
 def _local_paths(tree: dict) -> dict[str, str]:
     """{absolute local path in the run's config: what is published instead (its last part)}."""
+    from okd.cards import local_name
     from okd.config import flatten
 
     out = {}
     for key, value in flatten(tree).items():
-        if isinstance(value, str) and value.startswith("/") and key != "output_dir":
-            out[value] = Path(value).name if Path(value).name != "student" else f"{Path(value).parent.name}/student"
-        elif key == "output_dir" and isinstance(value, str):
-            out[value] = Path(value).name
+        if isinstance(value, str) and (value.startswith("/") or key == "output_dir"):
+            out[value] = local_name(value) if key != "output_dir" else Path(value).name
     return dict(sorted(out.items(), key=lambda kv: -len(kv[0])))  # longest first: no path replaced inside another
 
 
@@ -72,7 +71,7 @@ def published_files(run_dir: Path, repo_id: str, *, online_module: bool, teacher
     """The files whose published form differs from the local one, by their path in the repository."""
     import yaml
 
-    from okd.cards import _preset_hub_id, _hub_like, online_card, student_card
+    from okd.cards import online_card, student_card, teacher_hub_id
 
     tree = yaml.safe_load((run_dir / "config.yaml").read_text()) or {}
     summary = json.loads((run_dir / "summary.json").read_text())
@@ -90,7 +89,7 @@ def published_files(run_dir: Path, repo_id: str, *, online_module: bool, teacher
     module = run_dir / "online_module"
     if online_module and module.is_dir():
         teacher = (tree.get("teacher") or {}).get("path")
-        base = teacher_repo or _preset_hub_id(teacher) or (teacher if _hub_like(teacher) else None)
+        base = teacher_hub_id(teacher, teacher_repo)
         if base is None:
             raise OkdError(f"the online module is an adapter of the local teacher {Path(str(teacher)).name!r}, which "
                            "has no hub id: give it with --teacher-repo ORG/NAME (after pushing that teacher), or push "

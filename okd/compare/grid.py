@@ -280,18 +280,16 @@ def _seeded_dependency(r: RunSpec, key: str, seed: int, seeds_of: dict) -> str |
 
 
 def _uses_teacher(r: RunSpec, base: dict) -> bool:
-    """Whether the run's method has a teacher (base + overrides, before the config is resolved)."""
-    from okd.config import METHOD_DEFAULTS, get_dotted
+    """Whether the run's method has a teacher (base + overrides, before the whole config is resolved)."""
+    from okd.config import MethodConfig
 
     tree = copy.deepcopy(base)
-    for key, val in r.overrides.items():
-        try:
+    try:
+        for key, val in r.overrides.items():
             set_dotted(tree, key, val)
-        except OkdError:
-            return True  # reported when the run is resolved
-    name = get_dotted(tree, "method.name") or "okd"
-    mode = get_dotted(tree, "method.teacher") or METHOD_DEFAULTS.get(name, ("", "frozen"))[1]
-    return mode != "none"
+        return MethodConfig.model_validate(tree.get("method") or {}).resolved_teacher != "none"
+    except (OkdError, ValidationError):
+        return True  # a bad key: reported when the run is resolved
 
 
 def _grid_teacher(spec: GridSpec, items: list[Item]) -> list[Item]:

@@ -18,12 +18,13 @@ j is row r0 + j, r0 = the number of response tokens of the examples before it in
 
 from __future__ import annotations
 
+import itertools
+
 import torch
 
 from okd.crosstok.align import Alignment, Groups, align_spans, batch_groups, token_byte_spans
 from okd.crosstok.vocab import SharedVocab, is_byte_level, shared_vocab, token_bytes
 from okd.data.batching import Collator
-from okd.data.templates import format_prompt
 from okd.data.tokenize import _CHUNK, _check_prompts_kept, _Encoder, _new_stats
 from okd.errors import OkdError
 
@@ -66,13 +67,6 @@ class _Side:
         self.enc = _Encoder(tokenizer, template, max_length)
         self.tok = tokenizer
         self.byte_level = is_byte_level(tokenizer.get_vocab())
-
-    def texts(self, examples):
-        """(prompt ids with BOS, response ids, response offsets): okd.data's tokenization, with offsets."""
-        prompts = [format_prompt(ex, self.enc.template, self.tok) for ex in examples]
-        p_ids = self.tok(prompts, add_special_tokens=False)["input_ids"]
-        r = self.tok([ex.response for ex in examples], add_special_tokens=False, return_offsets_mapping=True)
-        return [self.enc.with_bos(p) for p in p_ids], r["input_ids"], r["offset_mapping"]
 
     def spans(self, response: str, feature: dict, resp_ids, offsets):
         """Byte spans of the feature's response tokens (the response, maybe cut, maybe + the EOS added)."""
@@ -124,7 +118,8 @@ def encode_pairs(examples, tokenizer, teacher_tokenizer, template: str, t_templa
     features: list[dict] = []
     for start in range(0, len(examples), _CHUNK):
         chunk = examples[start:start + _CHUNK]
-        for ex, (sp, sr, so), (tp, tr, to) in zip(chunk, zip(*s.texts(chunk)), zip(*t.texts(chunk))):
+        sides = (zip(*side.enc.texts(chunk, offsets=True)) for side in (s, t))
+        for ex, (sp, sr, so), (tp, tr, to) in zip(chunk, *sides):
             ft = t.enc.assemble(tp, tr, t_stats)
             if ft is None:
                 stats["teacher_dropped"] += 1
@@ -169,11 +164,8 @@ class CrossCollator:
 
 
 def _starts(lengths: list[int]) -> list[int]:
-    out, total = [], 0
-    for n in lengths:
-        out.append(total)
-        total += n
-    return out
+    """Each example's first row: the sum of the lengths before it."""
+    return list(itertools.accumulate(lengths, initial=0))[:-1]
 
 
 def group_tensors(features: list[dict]) -> dict[str, torch.Tensor]:

@@ -71,11 +71,14 @@ class _Encoder:
         tail = text[text.rfind(marker) + len(marker):]
         return len(self.tok(tail, add_special_tokens=False)["input_ids"]) if tail else 0
 
-    def texts(self, examples) -> tuple[list[list[int]], list[list[int]]]:
+    def texts(self, examples, offsets: bool = False):
+        """(prompt ids with BOS, response ids) per example; with `offsets`, also the response tokens' character
+        offsets (cross-tokenizer alignment), from the same tokenizer call."""
         prompts = [format_prompt(ex, self.template, self.tok) for ex in examples]
         p_ids = self.tok(prompts, add_special_tokens=False)["input_ids"]
-        r_ids = self.tok([ex.response for ex in examples], add_special_tokens=False)["input_ids"]
-        return [self.with_bos(p) for p in p_ids], r_ids
+        r = self.tok([ex.response for ex in examples], add_special_tokens=False, return_offsets_mapping=offsets)
+        out = [self.with_bos(p) for p in p_ids], r["input_ids"]
+        return (*out, r["offset_mapping"]) if offsets else out
 
     def with_bos(self, ids: list[int]) -> list[int]:
         ids = list(ids)

@@ -15,7 +15,6 @@ from functools import lru_cache
 ROUGE_TOKENIZERS = ("default", "unicode")
 # a CJK ideograph, kana or hangul syllable is one token; other runs of letters/digits (any script) are words
 _UNICODE_TOKEN = re.compile(r"[\u3040-\u30ff\u3400-\u9fff\uac00-\ud7af\uf900-\ufaff]|[^\W_]+")
-_DEFAULT_KEPT = re.compile(r"[a-z0-9]+")  # what rouge-score's tokenizer keeps, after lowercasing
 
 
 class UnicodeTokenizer:
@@ -60,10 +59,12 @@ def rouge_l(predictions: list[str], references: list[str], tokenizer: str = "def
 def reference_loss(references: list[str]) -> float:
     """The share of the references' letters, digits and symbols (whitespace aside) that rouge-score's
     default tokenizer drops: ~0.15 for English prose (its punctuation), ~1 for Chinese or Cyrillic."""
+    from rouge_score.tokenize import NON_ALPHANUM_RE  # what rouge-score's tokenizer blanks out, after lowercasing
+
     total = kept = 0
     for ref in references:
         total += sum(not c.isspace() for c in ref)
-        kept += sum(len(m) for m in _DEFAULT_KEPT.findall(ref.lower()))
+        kept += sum(not c.isspace() for c in NON_ALPHANUM_RE.sub(" ", ref.lower()))
     return 1.0 - kept / total if total else 0.0
 
 

@@ -67,11 +67,13 @@ def scored_index(labels: torch.Tensor) -> torch.Tensor:
     return (labels[:, 1:].reshape(-1) != -100).nonzero().squeeze(1)
 
 
-def scored_hidden(model, batch: dict, scored: Scored) -> torch.Tensor:
+def scored_hidden(model, batch: dict, scored: Scored, side: str = "") -> torch.Tensor:
+    """Final hidden states at the scored rows of `batch[side + "input_ids"]` (side "teacher_": the teacher's own
+    tokens of a cross-tokenizer batch)."""
     # the trainer's own batches are right-padded (marked by scored_index): real tokens never attend to
     # the padding after them, so the causal mask alone is exact and the padding-mask work is skipped
-    mask = None if "scored_index" in batch else batch["attention_mask"]
-    return scored.select(final_hidden(model, batch["input_ids"], mask))
+    mask = None if f"{side}scored_index" in batch else batch[f"{side}attention_mask"]
+    return scored.select(final_hidden(model, batch[f"{side}input_ids"], mask))
 
 
 def head(model, vocab_size: int) -> torch.Tensor:
@@ -82,13 +84,18 @@ def head(model, vocab_size: int) -> torch.Tensor:
 def ce_sum(model, batch: dict, vocab_size: int, chunk_size: int) -> tuple[torch.Tensor, int]:
     """(Σ CE over the batch's labelled tokens, their count), logits formed chunk by chunk: SFT's loss,
     seqkd's on teacher answers, minillm's language-modelling term."""
-    from okd.losses import chunked_pair_loss, token_ce
-
     scored = Scored.of(batch)
     h = scored_hidden(model, batch, scored)
-    loss, _ = chunked_pair_loss(lambda zs, zt, y: (token_ce(zs, y), None), h, head(model, vocab_size),
-                                None, None, labels=scored.targets, chunk_size=chunk_size)
-    return loss, len(scored.targets)
+    return ce_of_hidden(h, head(model, vocab_size), scored.targets, chunk_size), len(scored.targets)
+
+
+def ce_of_hidden(hidden: torch.Tensor, weight: torch.Tensor, targets: torch.Tensor, chunk_size: int) -> torch.Tensor:
+    """Σ CE of the targets from hidden states and an output matrix, logits formed chunk by chunk."""
+    from okd.losses import chunked_pair_loss, token_ce
+
+    loss, _ = chunked_pair_loss(lambda zs, zt, y: (token_ce(zs, y), None), hidden, weight, None, None,
+                                labels=targets, chunk_size=chunk_size)
+    return loss
 
 
 @dataclass

@@ -21,9 +21,7 @@ import torch.nn.functional as F
 
 from okd.crosstok import hybrid_loss, span_loss, span_uld_loss
 from okd.crosstok.data import groups_of, pair_vocab
-from okd.losses import chunked_pair_loss, token_ce
-from okd.methods.base import Method, Scored, head, scored_hidden
-from okd.models.loading import final_hidden
+from okd.methods.base import Method, Scored, ce_of_hidden, head, scored_hidden
 
 
 class RowLogits:
@@ -86,15 +84,12 @@ class CrossTokenizerKD(Method):
         scored = Scored.of(batch)
         t_scored = Scored.from_labels(batch["teacher_labels"], batch.get("teacher_scored_index"))
         with torch.no_grad():  # the frozen teacher, on its own tokens
-            mask = None if "teacher_scored_index" in batch else batch["teacher_attention_mask"]
-            h_t = t_scored.select(final_hidden(models.teacher, batch["teacher_input_ids"], mask))
+            h_t = scored_hidden(models.teacher, batch, t_scored, side="teacher_")
         h_s = scored_hidden(models.student, batch, scored)
         w_s = head(models.student, models.vocab_size)
         zt = RowLogits(h_t, head(models.teacher, self.teacher_vocab_size).detach())
         values = self.group_values(RowLogits(h_s, w_s), zt, groups_of(batch), scored.targets, t_scored.targets)
         loss = self.tau2 * values.sum()
         if m.ce_weight:
-            ce, _ = chunked_pair_loss(lambda zs, _zt, y: (token_ce(zs, y), None), h_s, w_s, None, None,
-                                      labels=scored.targets, chunk_size=self.cfg.train.loss_chunk_size)
-            loss = loss + m.ce_weight * ce
+            loss = loss + m.ce_weight * ce_of_hidden(h_s, w_s, scored.targets, self.cfg.train.loss_chunk_size)
         return {"student": loss / norm}

@@ -37,7 +37,7 @@ def file_sha256(path: str | Path) -> str:
     if memo_file is not None:
         memo[key] = h.hexdigest()
         memo = dict(list(memo.items())[-1000:])  # the most recent entries
-        _atomic_write(memo_file, json.dumps(memo).encode())
+        atomic_write(memo_file, json.dumps(memo).encode())
     return h.hexdigest()
 
 
@@ -123,7 +123,7 @@ def scored_count(feature: dict) -> int:
     return int((np.asarray(feature["labels"][1:]) != -100).sum())
 
 
-def _atomic_write(path: Path, data: bytes) -> None:
+def atomic_write(path: Path, data: bytes) -> None:
     tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
     with open(tmp, "wb") as f:
         f.write(data)

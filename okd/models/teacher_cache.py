@@ -34,7 +34,7 @@ from pathlib import Path
 import numpy as np
 
 from okd.errors import OkdError
-from okd.models.fingerprints import (_atomic_write, describe_changes, feature_digests, file_sha256,  # noqa: F401
+from okd.models.fingerprints import (atomic_write, describe_changes, feature_digests, file_sha256,
                                      fingerprint_diffs, scored_count, source_sha256, teacher_identity,
                                      tokenizer_sha256)
 
@@ -56,7 +56,7 @@ _NP = {"U16": np.uint16, "I32": np.int32, "I64": np.int64, "F16": np.float16, "F
 def _write_shard(path: Path, arrays: dict[str, np.ndarray]) -> None:
     from safetensors.numpy import save
 
-    _atomic_write(path, save({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
+    atomic_write(path, save({k: np.ascontiguousarray(v) for k, v in arrays.items()}))
 
 
 def read_shard(path: Path, expect_bytes: int | None = None) -> dict[str, np.ndarray]:
@@ -159,7 +159,7 @@ def _start_or_resume(out: Path, fingerprint: dict) -> dict | None:
     if out.exists() and any(out.iterdir()):
         raise OkdError(f"{out} is not empty and holds no teacher cache; pass a new or empty -o DIR")
     out.mkdir(parents=True, exist_ok=True)
-    _atomic_write(build, json.dumps(fingerprint, indent=1).encode())
+    atomic_write(build, json.dumps(fingerprint, indent=1).encode())
     return None
 
 
@@ -206,7 +206,7 @@ def build_cache(out, *, teacher, tokenizer, splits: dict[str, list[dict]], depen
             return done
         except OkdError as e:  # a shard lost or damaged since: build again what is missing
             log.warning("%s; rebuilding what is missing", e)
-            _atomic_write(out / "build.json", json.dumps(fingerprint, indent=1).encode())
+            atomic_write(out / "build.json", json.dumps(fingerprint, indent=1).encode())
             (out / "manifest.json").unlink()
     device = torch.device(device or ("cuda" if torch.cuda.is_available() else "cpu"))
     teacher.to(device).eval()
@@ -226,7 +226,7 @@ def build_cache(out, *, teacher, tokenizer, splits: dict[str, list[dict]], depen
             shards.append({"file": path.name, "start": start, "end": start + len(part), "tokens": sum(counts),
                            "bytes": path.stat().st_size, "sha256": file_sha256(path)})
             bar.update(len(part))
-        _atomic_write(out / f"{s}.digests.bin", digests[s].tobytes())
+        atomic_write(out / f"{s}.digests.bin", digests[s].tobytes())
         records[s] = {"examples": len(feats), "tokens": sum(r["tokens"] for r in shards),
                       "digests": f"{s}.digests.bin", "shards": shards}
     bar.close()
@@ -235,7 +235,7 @@ def build_cache(out, *, teacher, tokenizer, splits: dict[str, list[dict]], depen
     manifest = {"format": FORMAT, "version": VERSION, **fingerprint, "splits": records,
                 "tokens": tokens, "bytes": size, "bytes_per_token": round(size / max(tokens, 1), 2),
                 "created": time.strftime("%Y-%m-%dT%H:%M:%S%z"), "build_s": round(time.monotonic() - t0, 1)}
-    _atomic_write(out / "manifest.json", json.dumps(manifest, indent=1).encode())
+    atomic_write(out / "manifest.json", json.dumps(manifest, indent=1).encode())
     (out / "build.json").unlink(missing_ok=True)
     return manifest
 

@@ -55,10 +55,8 @@ class RunFinished(Exception):
 
 
 def _step_of(checkpoint: Path) -> int:
-    try:
-        return int(json.loads((checkpoint / "state.json").read_text()).get("step", 0))
-    except (OSError, ValueError, AttributeError):
-        return int(checkpoint.name.removeprefix("step-") or 0) if checkpoint.name.removeprefix("step-").isdigit() else 0
+    """The step a checkpoint holds (its directory's name: checkpoint_dirs lists step-NNNNNNN only)."""
+    return int(checkpoint.name.removeprefix("step-"))
 
 
 def prepare_output_dir(cfg: Config, resume: bool) -> Path:
