@@ -393,3 +393,16 @@ def test_analyze_cli_trains_grid(model_dirs, tmp_path, capsys):
     assert student_label(out / "runs" / "rkl_tau2") == ("rkl τ=2", out / "runs" / "rkl_tau2" / "student")
     assert main(args) == 0  # second time the finished run is reused
     assert "reusing" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("native, expected", [("1", "bfloat16"), ("0", "float32")])
+def test_eval_dtype_fast_is_bf16_only_where_native(model_dirs, tmp_path, monkeypatch, native, expected):
+    from okd.precision import resolve_dtype
+
+    monkeypatch.setenv("OKD_CPU_BF16", native)
+    assert resolve_dtype("fast") == expected and resolve_dtype("float16") == "float16"
+    student, _ = model_dirs
+    out = tmp_path / "results.json"
+    assert main(["eval", "--model", str(student), "--data", SEED_TASKS, "--limit", "2", "--seeds", "1",
+                 "--max-new-tokens", "4", "--dtype", "fast", "-o", str(out)]) == 0
+    assert json.loads(out.read_text())["dtype"] == expected

@@ -29,7 +29,7 @@ SETTINGS: list[tuple[str, dict, str]] = [
     ("max_length", {"type": positive_int}, "prompt+reference cap for teacher-forced stats (default {})"),
     ("limit", {"type": positive_int}, "use the first N examples of each set"),
     ("batch_size", {"type": positive_int}, "generation batch size (default {})"),
-    ("dtype", {"choices": list(get_args(DType))}, "model dtype (default {})"),
+    ("dtype", {"choices": list(get_args(DType))}, "model dtype (default {}); fast = bfloat16 where the CPU/GPU has native bf16, else float32"),
     ("rouge_tokenizer", {"choices": ["default", "unicode"]},
      "ROUGE-L tokenizer: default = rouge-score's, the paper's (ASCII letters and digits only); unicode = words "
      "of any script, each CJK character a word (default {})"),

@@ -27,7 +27,7 @@ AtLeastOne = Annotated[int, _rule(lambda v: v >= 1, "must be >= 1")]
 NonNegativeInt = Annotated[int, _rule(lambda v: v >= 0, "must be >= 0 (0 = off)")]
 TopP = Annotated[float, _rule(lambda v: 0 < v <= 1, "must be in (0, 1] (1 = off)")]
 Template = Literal["alpaca", "chat", "plain"]
-DType = Literal["float32", "bfloat16", "float16", "auto"]
+DType = Literal["float32", "bfloat16", "float16", "auto", "fast"]  # fast: okd.precision.resolve_dtype
 
 
 class _Settings(BaseModel):

@@ -19,6 +19,7 @@ from okd.eval.config import EvalConfig
 from okd.eval.follow import context_length, fit_prompts, locate_run, shared_context
 from okd.eval.rouge import rouge_l_per_example, tokenizer_warning
 from okd.generation import generate, generate_seeds, pad_id
+from okd.precision import resolve_dtype
 
 _log = logging.getLogger(__name__)
 
@@ -170,11 +171,12 @@ def run_eval(model_path: str, data: list[str], output: str | Path, settings: Eva
     output.parent.mkdir(parents=True, exist_ok=True)
     t0 = time.perf_counter()
     model_path, _ = locate_run(model_path)  # a run directory: its student/
-    model, tok, teacher, vocab = _load_models(model_path, teacher_path, s.dtype)
+    dtype = resolve_dtype(s.dtype)
+    model, tok, teacher, vocab = _load_models(model_path, teacher_path, dtype)
     context = shared_context(model, teacher)
     fit_prompts([], context, s.max_new_tokens, what="max_new_tokens")  # no room at all: stop before generating
     results: dict = {"model": str(model_path), "teacher": teacher_path, "settings": s.results_settings(),
-                     "datasets": {}}
+                     "dtype": dtype, "datasets": {}}
     total_tokens = total_gen_s = 0.0
     taken: set[str] = set()
     for source in data:
