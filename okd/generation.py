@@ -165,7 +165,7 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
              seed: int | None = None, batch_size: int = 16, progress: bool = False,
              vocab_limit: int | None = None, use_cache: bool = True, static_cache: bool | None = None,
              compile: bool | None = None, pad_multiple: int | None = None,
-             no_repeat_ngram_size: int = 0) -> GenerationResult:
+             no_repeat_ngram_size: int = 0, compact: bool = False) -> GenerationResult:
     """Generate a response for each prompt (token id lists); returns them in the prompts' order.
 
     Sampling uses exactly `temperature`, `top_p` and `top_k` (0 = off); `greedy=True` ignores them.
@@ -176,25 +176,34 @@ def generate(model, tokenizer, prompts: list[list[int]], *, max_new_tokens: int,
     `static_cache` (None: on CUDA), `compile` (None: transformers' choice, i.e. on CUDA with the
     static cache) and `pad_multiple` (None: 64 with the static cache on CUDA, else 1): module doc.
     `no_repeat_ngram_size` n > 0 forbids repeating any n-gram (transformers'; for reading, not for scores).
+    `compact=True` decodes with okd's own loop, which drops the rows that ended from the batch (`_decode`).
     """
     return generate_seeds(model, tokenizer, prompts, seeds=[seed], max_new_tokens=max_new_tokens,
                           temperature=temperature, top_p=top_p, top_k=top_k, greedy=greedy,
                           batch_size=batch_size, progress=progress, vocab_limit=vocab_limit,
                           use_cache=use_cache, static_cache=static_cache, compile=compile,
-                          pad_multiple=pad_multiple, no_repeat_ngram_size=no_repeat_ngram_size)[0]
+                          pad_multiple=pad_multiple, no_repeat_ngram_size=no_repeat_ngram_size,
+                          compact=compact)[0]
 
 
 def generate_seeds(model, tokenizer, prompts: list[list[int]], *, seeds: list[int | None], max_new_tokens: int,
                    temperature: float = 1.0, top_p: float = 1.0, top_k: int = 0, greedy: bool = False,
                    batch_size: int = 16, progress: bool = False, vocab_limit: int | None = None,
                    use_cache: bool = True, static_cache: bool | None = None, compile: bool | None = None,
-                   pad_multiple: int | None = None, no_repeat_ngram_size: int = 0) -> list[GenerationResult]:
+                   pad_multiple: int | None = None, no_repeat_ngram_size: int = 0,
+                   compact: bool = False) -> list[GenerationResult]:
     """`generate` once per seed (the same results, seed by seed, as separate calls), with each
     batch's prompts read once for all seeds: the prompt minus its last token goes through the model
     a single time and every seed continues from a copy of that KV cache (evaluation's 5 samples per
     prompt: prefill is about half the cost of a 32-token answer on CPU). Each seed keeps its own RNG
     stream across the batches, as a separate call would. With one seed, the static cache (CUDA) or
     use_cache=False, the prompts are read per seed as in `generate`.
+
+    `compact=True` (evaluation's sampling): okd's decode loop (`_decode`) instead of `model.generate`; a row
+    that emitted EOS leaves the batch and its KV cache, so a batch costs the tokens its answers have, not
+    batch x the longest answer (at 256 new tokens most answers end long before the longest). The
+    same distribution per token (the processors are transformers' own); other random draws than
+    `model.generate`'s, since fewer rows draw. Only for a dynamic cache on an unsharded model.
     """
     from transformers import LogitsProcessorList
 
@@ -222,6 +231,9 @@ def generate_seeds(model, tokenizer, prompts: list[list[int]], *, seeds: list[in
     processors = LogitsProcessorList([_VocabLimit(vocab_limit)] if vocab_limit else [])
     multiple = default_pad_multiple(device, static) if pad_multiple is None else pad_multiple
     share = len(seeds) > 1 and use_cache and not static
+    if compact and (static or not use_cache or sharded(model)):
+        raise ValueError("compact decoding needs the dynamic KV cache of an unsharded model")
+    decode = _Decoder(model, config, processors, eos) if compact else None
 
     was_training = model.training
     model.eval()
@@ -231,7 +243,7 @@ def generate_seeds(model, tokenizer, prompts: list[list[int]], *, seeds: list[in
         with torch.no_grad(), torch.random.fork_rng(devices=fork_devices, enabled=seeds[0] is not None):
             streams = [_SeedStream(s, device) for s in seeds]
             outs = _batches(model, prompts, config, processors, pad, set(eos), batch_size, multiple,
-                            progress, streams, share)
+                            progress, streams, share, decode)
     finally:
         model.train(was_training)
     elapsed = (time.perf_counter() - start) / len(seeds)  # the shared prefill split evenly
@@ -290,7 +302,7 @@ class _Prefix:
 
 
 def _batches(model, prompts, config, processors, pad: int, eos_set: set, batch_size: int, multiple: int,
-             progress: bool, streams: list[_SeedStream], share: bool):
+             progress: bool, streams: list[_SeedStream], share: bool, decode=None):
     """The batched `model.generate` calls per seed: (responses cut at the first EOS, finished flags,
     generated tokens counting each finishing EOS once) per seed, in the prompts' order."""
     import copy
@@ -312,9 +324,82 @@ def _batches(model, prompts, config, processors, pad: int, eos_set: set, batch_s
             if prefix is not None:  # generate extends the cache in place: a copy for all but the last seed
                 extra[reader.key] = copy.deepcopy(prefix) if k < len(streams) - 1 else prefix
             with stream:
-                out = model.generate(**enc, generation_config=config, logits_processor=processors, **extra)
+                if decode is not None:
+                    out = decode(enc, extra.get(reader.key) if reader is not None else None)
+                else:
+                    out = model.generate(**enc, generation_config=config, logits_processor=processors, **extra)
             for i, toks in zip(idx, out[:, enc["input_ids"].shape[1]:].tolist()):
                 cut = next((j for j, t in enumerate(toks) if t in eos_set), None)
                 finished[i] = cut is not None
                 sequences[i] = toks if cut is None else toks[:cut]
     return [(seqs, fin, sum(len(t) for t in seqs) + sum(fin)) for seqs, fin in outs]
+
+
+class _Decoder:
+    """okd's decode loop for `compact=True`: sampling (or greedy) with the KV cache, dropping the rows
+    that emitted EOS from the batch, the cache and the mask as they end. Written by hand because
+    transformers' generate keeps every row until the last one ends (its finished rows decode padding).
+    The scores go through transformers' own processors in generate's order (the caller's, no-repeat
+    n-grams, then temperature, top-k, top-p), in float32. Returns what `model.generate` returns: prompt
+    + generated ids, right-padded with the pad id after an EOS."""
+
+    def __init__(self, model, config, processors, eos: list[int]):
+        import inspect
+
+        from transformers import (LogitsProcessorList, NoRepeatNGramLogitsProcessor, TemperatureLogitsWarper,
+                                  TopKLogitsWarper, TopPLogitsWarper)
+
+        params = inspect.signature(model.forward).parameters
+        self.model, self.config = model, config
+        self.key = "cache" if "cache" in params else "past_key_values"
+        self.keep_one = "logits_to_keep" in params
+        steps = LogitsProcessorList(processors)
+        if config.no_repeat_ngram_size:
+            steps.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
+        if config.do_sample:
+            if config.temperature != 1.0:
+                steps.append(TemperatureLogitsWarper(config.temperature))
+            if config.top_k:
+                steps.append(TopKLogitsWarper(config.top_k))
+            if config.top_p < 1.0:
+                steps.append(TopPLogitsWarper(config.top_p))
+        self.steps = steps
+        self.eos = torch.tensor(eos or [-1])
+
+    def __call__(self, enc: dict, prefix=None) -> torch.Tensor:
+        from transformers import DynamicCache
+
+        ids, mask = enc["input_ids"], enc["attention_mask"]
+        n, width, new = ids.shape[0], ids.shape[1], self.config.max_new_tokens
+        out = torch.full((n, width + new), self.config.pad_token_id, dtype=torch.long, device=ids.device)
+        out[:, :width] = ids
+        rows = torch.arange(n, device=ids.device)  # the batch rows still decoding
+        seqs = ids  # their prompt + generated ids (the n-gram processor reads them)
+        cache = prefix if prefix is not None else DynamicCache()
+        step_ids = ids[:, -1:] if prefix is not None else ids
+        eos = self.eos.to(ids.device)
+        for t in range(new):
+            pos = (mask.cumsum(-1) - 1).masked_fill(mask == 0, 0)[:, -step_ids.shape[1]:]
+            kwargs = {"input_ids": step_ids, "attention_mask": mask, "position_ids": pos, "use_cache": True,
+                      self.key: cache}
+            if self.keep_one:
+                kwargs["logits_to_keep"] = 1
+            result = self.model(**kwargs)
+            cache = getattr(result, self.key)
+            scores = self.steps(seqs, result.logits[:, -1, :].float())
+            if self.config.do_sample:
+                token = torch.multinomial(torch.softmax(scores, dim=-1), num_samples=1).squeeze(1)
+            else:
+                token = scores.argmax(-1)
+            out[rows, width + t] = token
+            going = ~torch.isin(token, eos)
+            if t == new - 1 or not bool(going.any()):
+                break
+            seqs = torch.cat([seqs, token[:, None]], dim=1)
+            mask = torch.cat([mask, mask.new_ones((mask.shape[0], 1))], dim=1)
+            step_ids = token[:, None]
+            if not bool(going.all()):  # drop the rows that ended: every later step costs the rows left
+                keep = going.nonzero().squeeze(1)
+                rows, seqs, mask, step_ids = rows[keep], seqs[keep], mask[keep], step_ids[keep]
+                cache.batch_select_indices(keep)
+        return out

@@ -174,6 +174,70 @@ def test_generate_seeds_reads_prompts_once_and_matches_separate_calls(arch, tok)
         generate_seeds(m, tok, long, seeds=[None, None], max_new_tokens=3)
 
 
+def _early_stopping(arch):
+    """A tiny model whose answers end after ~6 tokens (40 more stop ids): rows end at different steps."""
+    m = tiny_model(arch, seed=0)
+    m.generation_config.eos_token_id = [256, *range(200, 240)]
+    return m
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_compact_greedy_equals_transformers_generate(arch, tok, prompts):
+    """Rows that end leave the batch (and its KV cache); the greedy answers are generate's, token for token."""
+    m = tiny_model(arch, seed=0)
+    many = prompts + [tok.encode(t) for t in ["abc", "The sea is", "Why?", "one two three four"]]
+    ngram = dict(greedy=True, no_repeat_ngram_size=1)  # (a tiny model's greedy answer repeats one token)
+    free = generate(m, tok, many, max_new_tokens=12, **ngram).sequences
+    # stop ids taken from the free answers at different steps, so the greedy answers end apart
+    m.generation_config.eos_token_id = [256, *{s[(i % 3) * 4 + 1] for i, s in enumerate(free)}]
+    for batch in (3, 8):
+        ref = generate(m, tok, many, max_new_tokens=12, batch_size=batch, **ngram)
+        got = generate(m, tok, many, max_new_tokens=12, batch_size=batch, compact=True, **ngram)
+        assert got.sequences == ref.sequences and got.finished == ref.finished
+        assert len({len(s) for s in ref.sequences}) > 2 and any(ref.finished)  # rows did end apart
+
+
+@pytest.mark.parametrize("arch", ["llama", "gpt2"])
+def test_compact_sampling_draws_from_the_models_own_distribution(arch, tok, prompts, monkeypatch):
+    """Each sampled token of the compacting loop is drawn from the distribution a full forward of that
+    row alone (no cache, no padding) gives at its position, with top-k and temperature applied: the
+    cache, positions and masks stay right as rows leave. Seeds: one call = separate calls."""
+    from okd.generation import generate_seeds
+
+    m = _early_stopping(arch)
+    draws = []
+    multinomial = torch.multinomial
+
+    def record(probs, num_samples):
+        token = multinomial(probs, num_samples)
+        draws.append((probs.clone(), token.squeeze(1).clone()))
+        return token
+
+    monkeypatch.setattr(torch, "multinomial", record)
+    res = generate(m, tok, prompts, max_new_tokens=10, seed=3, batch_size=4, temperature=0.7, top_k=20, compact=True)
+    lengths = [len(s) + f for s, f in zip(res.sequences, res.finished)]
+    assert any(res.finished) and len(set(lengths)) > 1
+    order = sorted(range(len(prompts)), key=lambda i: -len(prompts[i]))  # generate's batch order
+    for t, (probs, token) in enumerate(draws):
+        alive = [i for i in order if lengths[i] > t]
+        assert probs.shape[0] == len(alive)
+        for j, i in enumerate(alive):
+            answer = res.sequences[i] + ([256] if res.finished[i] and t == lengths[i] - 1 else [])
+            ids = torch.tensor([prompts[i] + answer[:t]])
+            with torch.no_grad():
+                logits = m(input_ids=ids).logits[0, -1] / 0.7
+            logits[logits < logits.topk(20).values[-1]] = float("-inf")
+            want = torch.softmax(logits, -1)
+            assert torch.allclose(probs[j], want, atol=1e-5), (arch, t, i, (probs[j] - want).abs().max())
+            assert int(token[j]) in answer[t:t + 1] or int(token[j]) in range(200, 240)
+    monkeypatch.setattr(torch, "multinomial", multinomial)
+    joint = generate_seeds(m, tok, prompts, seeds=[0, 1], max_new_tokens=10, batch_size=2, compact=True)
+    separate = [generate(m, tok, prompts, max_new_tokens=10, seed=k, batch_size=2, compact=True) for k in (0, 1)]
+    assert [g.sequences for g in joint] == [g.sequences for g in separate]
+    with pytest.raises(ValueError, match="dynamic KV cache"):
+        generate(m, tok, prompts, max_new_tokens=3, compact=True, use_cache=False)
+
+
 def test_eval_seeds_benchmark_runs_tiny(tmp_path):
     """benchmarks/bench_eval_seeds.py --tiny: both ways timed, the same answers, a JSON with the machine."""
     import importlib.util

@@ -18,7 +18,7 @@ from okd.errors import OkdError
 from okd.eval.config import EvalConfig
 from okd.eval.follow import context_length, fit_prompts, locate_run, shared_context
 from okd.eval.rouge import rouge_l_per_example, tokenizer_warning
-from okd.generation import generate, generate_seeds, pad_id
+from okd.generation import generate, generate_seeds, pad_id, sharded, static_cache_for
 from okd.precision import resolve_dtype
 
 _log = logging.getLogger(__name__)
@@ -114,7 +114,8 @@ def _sample_and_score(model, tok, examples, prompts, name: str, output: Path, s:
     # every seed in one call: each batch's prompts are read once for all seeds (okd.generation)
     gens = generate_seeds(model, tok, prompts, seeds=[seed for _, seed in runs], max_new_tokens=s.max_new_tokens,
                           temperature=s.temperature, top_p=s.top_p, top_k=s.top_k, greedy=s.greedy,
-                          batch_size=s.batch_size, progress=progress)
+                          batch_size=s.batch_size, progress=progress,
+                          compact=not (static_cache_for(model) or sharded(model)))  # rows leave as they end
     for (run_name, seed), gen in zip(runs, gens):
         scores = rouge_l_per_example(gen.texts, refs, s.rouge_tokenizer)
         per_run.append(sum(scores) / len(scores))
