@@ -29,8 +29,11 @@ $(SCALE_STAMP): $(STAMP)
 	DS_BUILD_OPS=0 $(BIN)/pip install -q -e ".[test,scale]"
 	@touch $(SCALE_STAMP)
 
+# The suite in TEST_WORKERS processes (pytest-xdist), one torch thread each (two threads per process on a
+# 2-core machine spin-wait against each other); TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
 test: $(SCALE_STAMP)
-	$(BIN)/python -m pytest -q
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

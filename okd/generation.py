@@ -23,6 +23,7 @@ always pass the value explicitly and 0 means off.
 
 from __future__ import annotations
 
+import contextlib
 import time
 from dataclasses import dataclass
 
@@ -95,6 +96,50 @@ def sharded(model) -> bool:
         return True
     return any("FSDP" in type(m).__name__ or type(m).__name__ == "FullyShardedDataParallel"
                for m in model.modules())
+
+
+def fsdp_root(model):
+    """`model` itself when it is an FSDP (version 1) wrapper (accelerate's prepared model), else None."""
+    try:
+        from torch.distributed.fsdp import FullyShardedDataParallel
+    except ImportError:  # a torch without distributed support
+        return None
+    return model if isinstance(model, FullyShardedDataParallel) else None
+
+
+def collective(lm) -> bool:
+    """True where every forward of `lm` is a collective over several processes (its weights sharded by
+    ZeRO-3 or FSDP): then every process must take part in every forward of a generation."""
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1 and sharded(lm)
+
+
+@contextlib.contextmanager
+def ready_to_generate(model):
+    """The bare causal LM of `model` (past DDP/FSDP/DeepSpeed/peft wrappers), ready to `generate` on
+    every process, sharded or not.
+
+    FSDP: the root unit's own weights (embeddings, final norm: what no nested unit holds) are gathered
+    for the block (summon_full_params(recurse=False), as TRL's GRPO does), since the bare model's forward
+    bypasses the root's; the nested units (decoder layers) gather theirs in their own forwards. ZeRO-3:
+    each module gathers its weights in its own hooks. Either way every forward is a collective, so
+    `generate` runs with synced_gpus=True: a process whose samples all ended keeps joining the forwards,
+    without sampling, until every process is done (one all-reduce of the 'done' flag per token). Every
+    process must generate the same number of times (okd's callers: one batch each). Elsewhere a no-op.
+    """
+    from okd.models.loading import causal_lm
+
+    root = fsdp_root(model)
+    lm = causal_lm(model if root is None else root.module)  # (FSDP passes attribute reads through to its module)
+    with contextlib.ExitStack() as stack:
+        if root is not None:
+            stack.enter_context(type(root).summon_full_params(root, recurse=False, writeback=False))
+        if collective(lm):
+            bound = type(lm).generate.__get__(lm)
+            lm.generate = lambda *args, **kwargs: bound(*args, **{**kwargs, "synced_gpus": True})
+            stack.callback(delattr, lm, "generate")
+        yield lm
 
 
 def static_cache_for(model, static_cache: bool | None = None) -> bool:

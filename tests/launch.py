@@ -87,3 +87,54 @@ def exited_ok(r) -> bool:
         return True
     # (the launcher itself prints a traceback when a process dies; the processes' own would say [rankN]:)
     return EXIT_ABORT in r.stderr and "]: Traceback" not in r.stderr and "okd: error" not in r.stderr
+
+
+SEED_PER_RANK = r'''
+if os.environ.get("OKD_TEST_SEED_PER_RANK"):  # other random streams on each process (samples of other lengths)
+    import accelerate.utils
+
+    _set_seed = accelerate.utils.set_seed
+    accelerate.utils.set_seed = lambda seed, *a, **k: _set_seed(seed + int(os.environ.get("RANK", "0")), *a, **k)
+
+'''
+
+# DeepSpeed ZeRO-3 on CPU processes (tests/test_scale_deepspeed.py's module doc), with its test hooks
+DS_SHIM = cpu_launch_shim("DEEPSPEED", "MULTI_CPU", extra=r'''
+import importlib  # noqa: E402
+# an inference all-reduce kernel that DeepSpeed compiles on first use (a minute, needs a compiler): not used here
+importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
+
+if os.environ.get("OKD_TEST_DEEPSPEED_RELEASE"):  # free every gathered weight after its use, as with models larger
+    import okd.train.sharding as sharding           # than stage3_max_live_parameters: each forward all-gathers
+
+    _configure = sharding.configure_deepspeed
+
+    def configure_deepspeed(cfg, accelerator):
+        ds = _configure(cfg, accelerator)
+        ds["zero_optimization"].update(stage3_max_live_parameters=0, stage3_max_reuse_distance=0,
+                                       stage3_prefetch_bucket_size=0)
+        return ds
+
+    sharding.configure_deepspeed = configure_deepspeed
+    import okd.train.strategy
+    okd.train.strategy.configure_deepspeed = configure_deepspeed
+
+''' + SEED_PER_RANK)
+
+FSDP_SHIM = cpu_launch_shim("FSDP", "MULTI_GPU", extra=SEED_PER_RANK)
+ACCELERATE_CONFIGS = {"ddp": "cpu_ddp.yaml", "fsdp": "cpu_fsdp.yaml", "zero3": "cpu_deepspeed_zero3.yaml"}
+
+
+def launch_train(tmp_path: Path, strategy: str, args: list[str], out: Path, timeout: int = 600, **env):
+    """`okd train` on 2 CPU processes through `accelerate launch` under `strategy` (ddp | fsdp | zero3),
+    through the shim of that strategy (DDP through the FSDP one, which then only adds the test hooks)."""
+    import subprocess
+    import sys
+
+    shim = tmp_path / f"okd_{strategy}_cpu.py"
+    shim.write_text(DS_SHIM if strategy == "zero3" else FSDP_SHIM)
+    extra = {"ddp": {"ACCELERATE_USE_CPU": "1"}, "zero3": {"DS_ACCELERATOR": "cpu"}}.get(strategy, {})
+    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
+           str(ROOT / "configs" / "accelerate" / ACCELERATE_CONFIGS[strategy]), "--main_process_port",
+           str(free_port()), str(shim), "train", "--quiet", *args, f"output_dir={out}"]
+    return subprocess.run(cmd, env=launch_env(**extra, **env), capture_output=True, text=True, timeout=timeout)

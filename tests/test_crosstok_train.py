@@ -15,7 +15,7 @@ from okd.data import Collator, load_examples
 from okd.errors import OkdError
 from okd.methods import Models, build_method
 from okd.methods.base import scored_index
-from okd.methods.crosstok import CrossTokenizerKD
+from okd.methods.crosstok import CrossTokenizerKD, OnlineCrossTokenizerKD
 from okd.methods.kd import FrozenTeacherKD
 from okd.models.loading import load_model, load_tokenizer
 from okd.train import train
@@ -98,6 +98,66 @@ def test_identical_tokenizers_equal_fkd(base_overrides):
         torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
 
 
+def test_identical_tokenizers_online_equals_okd(base_overrides):
+    """okd across tokenizers (hybrid) with identical tokenizers = okd's OnlineTeacherKD on the same batch:
+    both losses, every student gradient and every online-module gradient (the module's KL(q‖p′) comes from
+    the swapped groups), at τ = 2, α 0.3, the module on every layer."""
+    from okd.models.online import add_online_module
+    from okd.methods.okd import OnlineTeacherKD
+
+    base_overrides = base_overrides + ["data.max_length=320"]
+    common = ["method.name=okd", "method.temperature=2.0", "online.alpha=0.3", "online.layers=null",
+              "train.loss_chunk_size=7"]
+    cfg = build_config({}, base_overrides + common + ["method.cross_tokenizer=hybrid"])
+    tok = load_tokenizer(cfg.student)
+    student = load_model(cfg.student)
+    teacher = add_online_module(load_model(cfg.teacher), cfg.online)
+    with torch.no_grad():  # a module that is not the identity yet (peft starts LoRA's B at zero)
+        for name, p in teacher.named_parameters():
+            if "lora_B" in name:
+                p.normal_(0, 0.02)
+    models = Models(student=student, teacher=teacher, tokenizer=tok, vocab_size=len(tok))
+    cross = build_method(cfg, models)
+    assert isinstance(cross, OnlineCrossTokenizerKD)
+    cross.attach_teacher_tokenizer(load_tokenizer(cfg.teacher))
+    plain = OnlineTeacherKD(cfg=build_config({}, base_overrides + common), models=models)
+    feats, _ = encode_pairs(load_examples(cfg.data.train)[:6], tok, tok, "alpaca", "alpaca", cfg.data.max_length)
+    batch = CrossCollator(Collator(tok.pad_token_id), tok.pad_token_id)(feats)
+    batch["scored_index"] = scored_index(batch["labels"])
+    norm = float(len(batch["scored_index"]))
+    results = []
+    for method in (plain, cross):
+        student.zero_grad(), teacher.zero_grad()
+        losses = method.losses(batch, norm)
+        (losses["student"] + losses["online"]).backward()
+        results.append(({k: v.detach() for k, v in losses.items()}, _grads(student), _grads(teacher)))
+    (l_plain, s_plain, t_plain), (l_cross, s_cross, t_cross) = results
+    assert float(l_plain["online"]) > 0 and float(l_plain["student"]) > 0
+    for k in ("student", "online"):
+        torch.testing.assert_close(l_cross[k], l_plain[k], atol=1e-5, rtol=1e-5)
+    assert len(s_cross) == len(s_plain) > 0 and len(t_cross) == len(t_plain) > 0
+    for a, b in zip(s_cross + t_cross, s_plain + t_plain):
+        torch.testing.assert_close(a, b, atol=1e-5, rtol=1e-4)
+
+
+def test_online_teacher_trains_across_tokenizers(base_overrides, other_teacher, tmp_path):
+    """okd with a teacher of another tokenizer: both losses finite, the student's going down over 10
+    steps, the module's loss logged, online_module/ saved, unaligned counts in summary.json."""
+    out = tmp_path / "okd_x"
+    overrides = [o for o in base_overrides if not o.startswith(("output_dir=", "train.max_steps="))]
+    train(build_config({}, overrides + [f"teacher.path={other_teacher}", "method.name=okd",
+                                        "method.cross_tokenizer=hybrid", "train.max_steps=10", "train.lr=3e-3",
+                                        "train.eval_every=0", "data.valid_limit=4", f"output_dir={out}"]),
+          progress=False)
+    rows = [json.loads(line) for line in (out / "metrics.jsonl").read_text().splitlines()]
+    losses = [r["loss"] for r in rows]
+    assert len(losses) == 10 and all(torch.isfinite(torch.tensor(losses)))
+    assert all(torch.isfinite(torch.tensor(r["loss_online"])) for r in rows)
+    assert sum(losses[-3:]) / 3 < sum(losses[:3]) / 3, losses
+    assert (out / "online_module" / "adapter_model.safetensors").exists()
+    assert isinstance(json.loads((out / "summary.json").read_text())["data"]["teacher_unaligned"], int)
+
+
 def _losses(out) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
@@ -154,10 +214,16 @@ def test_vocabulary_mismatch_names_the_option(base_overrides, other_teacher, tmp
     assert "tokenizers differ" in message and "method.cross_tokenizer=hybrid" in message
 
 
-def test_cross_tokenizer_refused_outside_frozen_kd(base_overrides):
-    """Only frozen-teacher fkd/rkd/jsd: okd (online teacher), sft and seqkd are refused with one line."""
-    for name in ("okd", "seqkd", "tvd"):
+def test_cross_tokenizer_refused_outside_ground_truth_kd(base_overrides):
+    """fkd/rkd/jsd with a frozen teacher and okd online only: seqkd, tvd, okd with a frozen teacher and fkd
+    with an online one are refused with one line; so is okd's per-token online.kl_weight."""
+    for extra in (["method.name=seqkd"], ["method.name=tvd"], ["method.name=okd", "method.teacher=frozen"],
+                  ["method.name=fkd", "method.teacher=online"]):
         with pytest.raises(OkdError) as err:
-            build_config({}, base_overrides + [f"method.name={name}", "method.cross_tokenizer=hybrid"])
+            build_config({}, base_overrides + extra + ["method.cross_tokenizer=hybrid"])
         assert "method.cross_tokenizer" in str(err.value) and "\n" not in str(err.value)
     build_config({}, base_overrides + ["method.name=rkd", "method.cross_tokenizer=span"])
+    cfg = build_config({}, base_overrides + ["method.name=okd", "method.cross_tokenizer=uld",
+                                             "online.kl_weight=teacher_miss"])
+    with pytest.raises(OkdError, match="online.kl_weight=teacher_miss .* use online.kl_weight=uniform"):
+        OnlineCrossTokenizerKD(cfg=cfg, models=None)

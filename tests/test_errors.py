@@ -418,9 +418,9 @@ def test_catalogue_is_documented():
     ids = [c[0] for c in CASES] + ["existing-run-without-resume", "resume-finished-run", "resume-changed-config",
                                    "resume-over-a-finished-run", "resume-below-checkpoint", "cache-temperature-not-stored",
                                    "checkpoint-of-another-model", "processes-did-not-join", "nan-loss",
-                                   "interrupted", "sigterm", "checkpoint-save-failed", "deepspeed-generating-method",
+                                   "interrupted", "sigterm", "checkpoint-save-failed", "sharded-cross-tokenizer",
                                    "deepspeed-config-refused", "checkpoint-other-distributed-setting", "fsdp2-refused",
-                                   "fsdp-generating-method", "checkpoint-damaged", "model-dir-missing-relative",
+                                   "checkpoint-damaged", "model-dir-missing-relative",
                                    # tests/test_preflight.py (before any model loads) and its warnings
                                    "student-vocab-too-small", "context-shorter-than-max-length",
                                    "context-shorter-than-generation", "lm-data-missing", "seqkd-cache-is-a-directory",
@@ -435,11 +435,11 @@ def test_catalogue_is_documented():
 
 
 @pytest.mark.parametrize("kind, version, overrides, pattern", [
-    ("DEEPSPEED", 1, ["method.name=gkd"],
-     r"method 'gkd' generates text with the bare model, whose weights DeepSpeed ZeRO-3 shards"),
     ("FSDP", 2, [], r"FSDP version 2 is not supported by okd train .* fsdp_version: 1"),
-    ("FSDP", 1, ["method.name=gkd"], r"method 'gkd' generates text with the bare model, whose weights FSDP shards"),
-    ("FSDP", 1, ["train.eval_rouge=true"], r"train\.eval_rouge samples answers with the bare student"),
+    ("DEEPSPEED", 1, ["method.name=fkd", "method.cross_tokenizer=uld"],
+     r"method\.cross_tokenizer=uld is not supported under DeepSpeed ZeRO-3 yet .* run it with DDP"),
+    ("FSDP", 1, ["method.name=jsd", "method.cross_tokenizer=hybrid"],
+     r"method\.cross_tokenizer=hybrid is not supported under FSDP yet"),
 ])
 def test_distributed_combinations_refused(kind, version, overrides, pattern):
     """What `okd train` refuses under `accelerate launch` with FSDP/DeepSpeed (no GPU here to launch them:
@@ -452,5 +452,6 @@ def test_distributed_combinations_refused(kind, version, overrides, pattern):
 
     with pytest.raises(OkdError, match=pattern):
         check_distributed(build_config({}, overrides), DistributedType[kind], version)
-    check_distributed(build_config({}, ["method.name=okd"]), DistributedType.FSDP, 1)  # the supported case
+    check_distributed(build_config({}, ["method.name=okd"]), DistributedType.FSDP, 1)  # supported cases
+    check_distributed(build_config({}, ["method.name=gkd", "train.eval_rouge=true"]), DistributedType.DEEPSPEED, 1)
     check_distributed(build_config({}, ["method.name=gkd"]), DistributedType.MULTI_GPU, None)

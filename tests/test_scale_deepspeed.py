@@ -24,41 +24,7 @@ from okd.config import build_config
 from okd.errors import OkdError
 from okd.train import train
 
-from launch import OUTPUTS, ROOT, cpu_launch_shim, finished_ok, free_port, launch_env  # noqa: E402
-
-DS_SHIM = cpu_launch_shim("DEEPSPEED", "MULTI_CPU", extra=r'''
-import importlib  # noqa: E402
-# an inference all-reduce kernel that DeepSpeed compiles on first use (a minute, needs a compiler): not used here
-importlib.import_module("deepspeed.comm.torch").build_shm_op = lambda: None
-
-if os.environ.get("OKD_TEST_DEEPSPEED_RELEASE"):  # free every gathered weight after its use, as with models larger
-    import okd.train.sharding as sharding           # than stage3_max_live_parameters: each forward all-gathers
-
-    _configure = sharding.configure_deepspeed
-
-    def configure_deepspeed(cfg, accelerator):
-        ds = _configure(cfg, accelerator)
-        ds["zero_optimization"].update(stage3_max_live_parameters=0, stage3_max_reuse_distance=0,
-                                       stage3_prefetch_bucket_size=0)
-        return ds
-
-    sharding.configure_deepspeed = configure_deepspeed
-    import okd.train.strategy
-    okd.train.strategy.configure_deepspeed = configure_deepspeed
-
-if os.environ.get("OKD_TEST_SEED_PER_RANK"):  # other random streams on each process (samples of other lengths)
-    import accelerate.utils
-
-    _set_seed = accelerate.utils.set_seed
-    accelerate.utils.set_seed = lambda seed, *a, **k: _set_seed(seed + int(os.environ.get("RANK", "0")), *a, **k)
-
-allow = os.environ.get("OKD_TEST_DEEPSPEED_SAMPLING")
-if allow:  # lift okd's refusal of these on-policy methods under ZeRO-3 (tests of the lockstep sampler)
-    import okd.train.sharding as sharding
-
-    sharding.DEEPSPEED_SAMPLING_METHODS = tuple(allow.split(","))
-''')
-
+from launch import DS_SHIM, OUTPUTS, ROOT, finished_ok, free_port, launch_env  # noqa: E402
 
 def _env_ds(**extra) -> dict:
     return launch_env(DS_ACCELERATOR="cpu", **extra)
@@ -185,80 +151,6 @@ def test_deepspeed_zero3_okd_checkpoint_and_resume(base_overrides, tmp_path):
     assert a["tokens"] == b["tokens"] and a["steps"] == b["steps"] == 5
 
 
-def test_deepspeed_zero3_gkd_lockstep_sampling_matches_one_process(base_overrides, tmp_path):
-    """gkd with λ=1 (every batch sampled from the student) under ZeRO-3 on 2 processes, greedy: the
-    student samples through its partitioned model in lockstep (generate(synced_gpus=True): a process
-    whose samples ended keeps joining the forwards) and the run ends where 1 process without DeepSpeed
-    ends (weights, losses, generated tokens). The refusal is lifted through the shim: okd ships gkd
-    refused under DeepSpeed (okd.train.sharding.DEEPSPEED_SAMPLING_METHODS is empty)."""
-    _deepspeed_or_skip()
-    common = [o for o in base_overrides if not o.startswith(("output_dir=", "method."))] + [
-        "method.name=gkd", "method.lmbda=1", "method.gen_temperature=0", "method.max_new_tokens=6",
-        "train.max_steps=3", "data.group_by_length=false", "train.max_grad_norm=1"]
-    ref = train(build_config({}, common + ["train.batch_size=4", f"output_dir={tmp_path / 'one'}"]), progress=False)
-    out = tmp_path / "zero3"
-    _launch(tmp_path, common + ["train.batch_size=2"], out, OKD_TEST_DEEPSPEED_SAMPLING="gkd")
-    wa, wb = _weights(ref), _weights(out)
-    assert wa.keys() == wb.keys() == set(OUTPUTS[:1])
-    for f in wa:
-        for k in wa[f]:
-            assert torch.allclose(wa[f][k], wb[f][k], rtol=1e-4, atol=1e-6), (f, k, (wa[f][k] - wb[f][k]).abs().max())
-    ma, mb = ([json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (ref, out))
-    assert [m["step"] for m in mb] == [m["step"] for m in ma] == [1, 2, 3]
-    for x, y in zip(ma, mb):
-        assert x["generated_tokens"] == y["generated_tokens"] > 0, (x, y)
-        assert x.get("on_policy_batches") == y.get("on_policy_batches"), (x, y)
-        for k in ("loss", "grad_norm_student"):
-            assert abs(x[k] - y[k]) <= 1e-4 * abs(x[k]) + 1e-6, (k, x, y)
-
-
-def test_deepspeed_zero3_gkd_samples_ending_at_different_lengths_match_ddp(base_overrides, tiny_dirs, tmp_path):
-    """The lockstep itself: gkd λ=1 sampling (temperature 1) with 40 more stop tokens (bytes 200-239,
-    declared in a copy of the tiny student's generation_config), which its near-uniform samples hit
-    after ~6 tokens, and another random seed on each process (through the shim), so one process's
-    samples end several tokens before the other's (checked by hand: 10 vs 2, 7 vs 0, 16 vs 9 tokens
-    over the 3 steps). Each forward all-gathers the weights (the shim makes ZeRO-3 free every weight
-    after use, as with models larger than stage3_max_live_parameters). Under ZeRO-3 the process done
-    first keeps joining the forwards (with synced_gpus=False the run hangs at step 2: checked); the
-    run equals the same 2 processes under DDP through the same shim, which sample the same prompts
-    with the same random streams (weights, losses, generated tokens, fewer than the maximum)."""
-    _deepspeed_or_skip()
-    import shutil
-
-    student = tmp_path / "student"
-    shutil.copytree(tiny_dirs["student"], student)
-    gen = json.loads((student / "generation_config.json").read_text())
-    gen["eos_token_id"] = [gen["eos_token_id"], *range(200, 240)]
-    (student / "generation_config.json").write_text(json.dumps(gen))
-    common = [o for o in base_overrides if not o.startswith(("output_dir=", "method.", "student.path="))] + [
-        f"student.path={student}", "method.name=gkd", "method.lmbda=1", "method.max_new_tokens=16",
-        "train.max_steps=3", "data.group_by_length=false", "train.max_grad_norm=1", "train.batch_size=2"]
-    ddp = tmp_path / "ddp"
-    shim = tmp_path / "okd_deepspeed_cpu.py"
-    shim.write_text(DS_SHIM)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch", "--config_file",
-           str(ROOT / "configs" / "accelerate" / "cpu_ddp.yaml"), "--main_process_port", str(free_port()),
-           str(shim), "train", "--quiet", *common, f"output_dir={ddp}"]
-    r = subprocess.run(cmd, env=_env_ds(ACCELERATE_USE_CPU="1", OKD_TEST_SEED_PER_RANK="1"), capture_output=True,
-                       text=True, timeout=600)
-    assert finished_ok(r, ddp), r.stderr[-4000:]
-    out = tmp_path / "zero3"
-    _launch(tmp_path, common, out, OKD_TEST_DEEPSPEED_SAMPLING="gkd", OKD_TEST_DEEPSPEED_RELEASE="1",
-            OKD_TEST_SEED_PER_RANK="1", timeout=180)
-    wa, wb = _weights(ddp), _weights(out)
-    assert wa.keys() == wb.keys() == set(OUTPUTS[:1])
-    for k in wa[OUTPUTS[0]]:
-        a, b = wa[OUTPUTS[0]][k], wb[OUTPUTS[0]][k]
-        assert torch.allclose(a, b, rtol=1e-4, atol=1e-6), (k, (a - b).abs().max())
-    ma, mb = ([json.loads(line) for line in (d / "metrics.jsonl").read_text().splitlines()] for d in (ddp, out))
-    assert [m["step"] for m in mb] == [m["step"] for m in ma] == [1, 2, 3]
-    for x, y in zip(ma, mb):
-        assert x["generated_tokens"] == y["generated_tokens"], (x, y)
-        for k in ("loss", "grad_norm_student"):
-            assert abs(x[k] - y[k]) <= 1e-4 * abs(x[k]) + 1e-6, (k, x, y)
-    assert 0 < mb[-1]["generated_tokens"] < 3 * 4 * 16 / 2  # samples stopped early
-
-
 def test_plain_checkpoint_is_refused_under_deepspeed(base_overrides, tmp_path):
     """A checkpoint of a run without DeepSpeed has no engine partitions: resuming it under DeepSpeed is
     refused with one line (before any engine reads a file)."""
@@ -324,19 +216,15 @@ def test_deepspeed_config_follows_okd(caplog):
     assert "gradient_accumulation_steps=4 replaced by 1" in caplog.text
 
 
-@pytest.mark.parametrize("overrides, pattern", [
-    (["method.name=minillm"], r"method 'minillm' generates text with the bare model, whose weights DeepSpeed ZeRO-3 "
-                              r"shards"),
-    (["method.name=seqkd"], r"method 'seqkd' generates text with the bare model"),
-    (["method.name=fkd", "train.eval_rouge=true"], r"train\.eval_rouge samples answers with the bare student, whose "
-                                                   r"weights DeepSpeed ZeRO-3 shards"),
-])
-def test_deepspeed_generating_methods_refused(overrides, pattern):
+def test_every_method_runs_under_deepspeed_and_fsdp():
+    """Nothing is refused by method any more (the on-policy ones: tests/test_scale_onpolicy.py); FSDP2 is."""
     from accelerate.utils import DistributedType
 
+    from okd.config import METHODS
     from okd.train.sharding import check_distributed
 
-    with pytest.raises(OkdError, match=pattern):
-        check_distributed(build_config({}, overrides), DistributedType.DEEPSPEED)
-    for name in ("sft", "fkd", "rkd", "jsd", "tvd", "okd"):  # supported
-        check_distributed(build_config({}, [f"method.name={name}"]), DistributedType.DEEPSPEED)
+    for name in METHODS:
+        for kind in (DistributedType.DEEPSPEED, DistributedType.FSDP):
+            check_distributed(build_config({}, [f"method.name={name}", "train.eval_rouge=true"]), kind)
+    with pytest.raises(OkdError, match="FSDP version 2 is not supported by okd train"):
+        check_distributed(build_config({}, []), DistributedType.FSDP, fsdp_version=2)

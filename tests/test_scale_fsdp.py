@@ -23,9 +23,7 @@ from okd.config import build_config
 from okd.train import train
 from okd.train.checkpoint import checkpoint_dirs
 
-from launch import OUTPUTS, ROOT, cpu_launch_shim, finished_ok, free_port, launch_env  # noqa: E402
-
-FSDP_SHIM = cpu_launch_shim("FSDP", "MULTI_GPU")
+from launch import FSDP_SHIM, OUTPUTS, ROOT, finished_ok, free_port, launch_env  # noqa: E402
 
 
 

@@ -1,4 +1,5 @@
-"""Word-level KD across tokenizers against a frozen teacher (fkd, rkd, jsd with method.cross_tokenizer).
+"""Word-level KD across tokenizers (method.cross_tokenizer): fkd, rkd, jsd against a frozen teacher, and
+okd's online teacher (OnlineCrossTokenizerKD).
 
 The batch (okd.crosstok.data.CrossCollator) holds both sides' padded batches and the groups of tokens
 covering the same bytes; the teacher runs (no grad) on its own tokens, the student on its own. The loss
@@ -16,11 +17,14 @@ library's autograd path needs ([rows, V_s], rows = the groups' rows).
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import torch
 import torch.nn.functional as F
 
-from okd.crosstok import hybrid_loss, span_loss, span_uld_loss
+from okd.crosstok import Groups, SharedVocab, hybrid_loss, span_loss, span_uld_loss
 from okd.crosstok.data import groups_of, pair_vocab
+from okd.errors import OkdError
 from okd.methods.base import Method, Scored, ce_of_hidden, head, scored_hidden
 
 
@@ -66,10 +70,13 @@ class CrossTokenizerKD(Method):
         if self.cfg.method.cross_tokenizer == "hybrid":
             self.shared = pair_vocab(teacher_tokenizer, self.models.tokenizer)
 
-    def group_values(self, zs, zt, groups, s_labels, t_labels) -> torch.Tensor:
+    def group_values(self, zs, zt, groups, s_labels, t_labels, *, shared=None, kind=None) -> torch.Tensor:
+        """One loss value per group of the model in the student's slot (zs) toward the one in the
+        teacher's slot (zt, read under no_grad); `shared`/`kind` default to the pair's and the method's."""
         m, chunk = self.cfg.method, self.cfg.train.loss_chunk_size
         if m.cross_tokenizer == "hybrid":
-            per = hybrid_loss(zs, zt, groups, self.shared, s_labels, t_labels, kind=m.resolved_divergence,
+            per = hybrid_loss(zs, zt, groups, shared or self.shared, s_labels, t_labels,
+                              kind=kind or m.resolved_divergence,
                               temperature=m.temperature, beta=m.beta, alpha=m.alpha, chunk_size=chunk)
             self.metrics["xtok_exact_groups"] = per.counts["exact"]
             self.metrics["xtok_uld_groups"] = per.counts["uld"]
@@ -93,3 +100,52 @@ class CrossTokenizerKD(Method):
         if m.ce_weight:
             loss = loss + m.ce_weight * ce_of_hidden(h_s, w_s, scored.targets, self.cfg.train.loss_chunk_size)
         return {"student": loss / norm}
+
+
+def swapped(groups: Groups) -> Groups:
+    """The same groups seen from the other side (teacher fields <-> student fields)."""
+    g = groups._asdict()
+    other = {k: ("s_" + k[2:] if k.startswith("t_") else "t_" + k[2:] if k.startswith("s_") else k) for k in g}
+    return Groups(**{k: g[other[k]] for k in g})
+
+
+@dataclass(eq=False)
+class OnlineCrossTokenizerKD(CrossTokenizerKD):
+    """okd across tokenizers: the online module (LoRA in the teacher) trains through the aligned groups.
+
+    As okd.methods.okd, with the groups in place of the positions (p′ the online teacher on its own
+    tokens, q the student on its own):
+        module   L_t = α·τ²·Σ_groups D×(q ‖ p′) + (1−α)·CE_teacher(its tokens)     (q detached)
+        student  L_s = τ²·Σ_groups D×(p′ ‖ q) [+ ce_weight·CE]                    (p′ detached)
+    D× is the cross-tokenizer loss of method.cross_tokenizer: the student's loss computed the other way
+    round (the groups and the shared vocabulary swapped), so the module's hybrid term is KL(q ‖ p′) over
+    the shared vocabulary at 1-1 groups (okd's module divergence) and ULD elsewhere, ULD is symmetric, and
+    the span term compares the teacher's span likelihoods with the student's. Both sums are over the
+    same groups and divided by the student's scored tokens (the teacher's CE by them too, as okd does)."""
+
+    name = "okd-crosstok"
+
+    def __post_init__(self):
+        if self.cfg.online.kl_weight != "uniform":
+            raise OkdError(f"online.kl_weight={self.cfg.online.kl_weight} weights each token by the teacher's miss; "
+                           "across tokenizers the module's loss is over aligned groups: use online.kl_weight=uniform")
+
+    def losses(self, batch, norm):
+        models, m, on = self.models, self.cfg.method, self.cfg.online
+        chunk = self.cfg.train.loss_chunk_size
+        scored = Scored.of(batch)
+        t_scored = Scored.from_labels(batch["teacher_labels"], batch.get("teacher_scored_index"))
+        h_t = scored_hidden(models.teacher, batch, t_scored, side="teacher_")  # with autograd: the module trains
+        h_s = scored_hidden(models.student, batch, scored)
+        w_s, w_t = head(models.student, models.vocab_size), head(models.teacher, self.teacher_vocab_size)
+        groups = groups_of(batch)
+        student = self.group_values(RowLogits(h_s, w_s), RowLogits(h_t.detach(), w_t.detach()), groups,
+                                    scored.targets, t_scored.targets)
+        shared = None if self.shared is None else SharedVocab(teacher=self.shared.student, student=self.shared.teacher)
+        module = self.group_values(RowLogits(h_t, w_t), RowLogits(h_s.detach(), w_s.detach()), swapped(groups),
+                                   t_scored.targets, scored.targets, shared=shared, kind="fkl")
+        loss_s = self.tau2 * student.sum()
+        if m.ce_weight:
+            loss_s = loss_s + m.ce_weight * ce_of_hidden(h_s, w_s, scored.targets, chunk)
+        loss_t = on.alpha * self.tau2 * module.sum() + (1.0 - on.alpha) * ce_of_hidden(h_t, w_t, t_scored.targets, chunk)
+        return {"online": loss_t / norm, "student": loss_s / norm}

@@ -149,7 +149,7 @@ def _first_ended(flags: list[torch.Tensor]) -> int | None:
 def mixed_sample(student, teacher, prompts: list[list[int]], *, alpha: float, max_new_tokens: int,
                  eos_ids: list[int], pad_id: int, vocab_size: int, temperature: float = 1.0,
                  check_every: int = EOS_CHECK_EVERY, static_cache: bool | None = None,
-                 compile: bool | None = None, pad_multiple: int | None = None):
+                 compile: bool | None = None, pad_multiple: int | None = None, synced: bool = False):
     """Sample responses from p̃ = α·p + (1−α)·q, token by token, both models with KV caches.
 
     Returns (targets, log_mix, log_q, log_p): per prompt the sampled tokens up to and including the
@@ -161,6 +161,10 @@ def mixed_sample(student, teacher, prompts: list[list[int]], *, alpha: float, ma
     right after the last needed draw, so the results and the RNG stream equal a per-token check.
     `static_cache` (None: on CUDA, where transformers supports it), `compile` (None: on CUDA) and
     `pad_multiple` (None: 64 with the static cache on CUDA, else 1) as in okd.generation.generate.
+    `synced` (sharded models on several processes, where every forward is a collective): a process whose
+    rows have all ended keeps joining the forwards, without drawing, until every process's have (one
+    all-reduce per check, at the same steps on every process); its results and RNG are those it would
+    have alone.
     """
     from okd.generation import default_pad_multiple, left_pad, model_device, static_cache_for
 
@@ -182,9 +186,16 @@ def mixed_sample(student, teacher, prompts: list[list[int]], *, alpha: float, ma
     toks, lmix, lq, lp, alive, ended, states = [], [], [], [], [], [], []
     modes = (student.training, teacher.training)
     student.eval(), teacher.eval()
+    idle = False  # this process's rows have all ended; it only joins the other processes' forwards
     try:
         for t in range(max_new_tokens):
             zs, zt = s_dec(ids, mask, pos, t == 0), t_dec(ids, mask, pos, t == 0)
+            if idle:
+                if ((t + 1) % check_every == 0 or t == max_new_tokens - 1) and _everyone_done(True, device):
+                    break
+                ids, pos = torch.full_like(ids, pad_id), pos + 1
+                mask = _grown(mask, static, width + t)
+                continue
             log_m, log_q1, log_p1, y = _draw(zs, zt, vocab_size=vocab_size, temperature=temperature, device=device,
                                              **logs)
             y = torch.where(done, torch.full_like(y, pad_id), y)
@@ -202,16 +213,34 @@ def mixed_sample(student, teacher, prompts: list[list[int]], *, alpha: float, ma
                     for x in (toks, lmix, lq, lp, alive):
                         del x[keep:]
                     _rng(device, states[first])
-                    break
+                    if not synced or _everyone_done(True, device):
+                        break
+                    idle = True
+                elif synced:
+                    _everyone_done(False, device)  # the check every process makes at this step
                 ended, states = [], []
             ids, pos = pick, pos[:, -1:] + 1
-            if static:
-                mask[:, width + t] = 1
-            else:
-                mask = torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+            mask = _grown(mask, static, width + t)
     finally:
         student.train(modes[0]), teacher.train(modes[1])
     return _per_row(n, toks, lmix, lq, lp, alive)
+
+
+def _grown(mask, static: bool, column: int):
+    """The mask with the step's token switched on: in place at `column` (static), else one column more."""
+    if static:
+        mask[:, column] = 1
+        return mask
+    return torch.cat([mask, torch.ones_like(mask[:, :1])], 1)
+
+
+def _everyone_done(done: bool, device) -> bool:
+    """True when every process's rows have ended (one all-reduce: the minimum of the flags)."""
+    import torch.distributed as dist
+
+    flag = torch.tensor([int(done)], device=device)
+    dist.all_reduce(flag, op=dist.ReduceOp.MIN)
+    return bool(flag.item())
 
 
 def _per_row(n: int, *columns):
@@ -288,15 +317,15 @@ class MiniLLM(Method):
     def rollout(self, batch: dict) -> dict:
         m, tok = self.cfg.method, self.models.tokenizer
         prompts = batch_prompts(batch, self.cfg.data.max_prompt_length, tok.bos_token_id)
-        from okd.generation import eos_ids
-        from okd.models.loading import causal_lm
+        from okd.generation import collective, eos_ids, ready_to_generate
 
-        student, teacher = causal_lm(self.models.student), causal_lm(self.models.teacher)
-        with autocast_for(self.cfg, batch["input_ids"].device):
+        with ready_to_generate(self.models.student) as student, ready_to_generate(self.models.teacher) as teacher, \
+                autocast_for(self.cfg, batch["input_ids"].device):
             targets, log_mix, log_q, log_p = mixed_sample(
                 student, teacher, prompts, alpha=m.mix_alpha, max_new_tokens=m.max_new_tokens,
                 eos_ids=eos_ids(student, tok) or [tok.eos_token_id], pad_id=tok.pad_token_id,
-                vocab_size=self.models.vocab_size, temperature=m.gen_temperature or 1.0)
+                vocab_size=self.models.vocab_size, temperature=m.gen_temperature or 1.0,
+                synced=collective(student) or collective(teacher))
         self.metrics["generated_tokens"] = self.metrics.get("generated_tokens", 0) + sum(map(len, targets))
         device = batch["input_ids"].device
         out = build_batch(prompts, targets, pad_id=tok.pad_token_id, max_length=self.cfg.data.max_length,

@@ -4,7 +4,8 @@
   leading run of real tokens labelled -100), cut from the left to `data.max_prompt_length`.
 - `sample(model, ...)`: batched sampling through okd.generation.generate (KV cache, left padding,
   eval mode while sampling, no gradient), with the method's `max_new_tokens`, `gen_temperature`
-  (0 = greedy) and `top_p`; under DeepSpeed ZeRO-3 in lockstep over the processes (`lockstep`).
+  (0 = greedy) and `top_p`; under FSDP or ZeRO-3 in lockstep over the processes
+  (okd.generation.ready_to_generate).
   On CUDA that is a static KV cache with a compiled decode step, prompts left-padded to a multiple
   of 64 tokens (okd.generation's module doc); on CPU the dynamic cache, as before.
 - `build_batch(prompts, targets, ...)`: a training batch, right-padded, labels on the response only.
@@ -89,36 +90,12 @@ def sample(model, tokenizer, prompts: list[list[int]], cfg, *, vocab_limit: int,
     Sampling draws from the global torch RNG, which checkpoints save and restore, so a resumed run
     samples what the uninterrupted run would have.
     """
-    from okd.generation import generate, model_device
-    from okd.models.loading import causal_lm
+    from okd.generation import generate, model_device, ready_to_generate
 
     m = cfg.method
-    lm = causal_lm(model)  # past DDP/DeepSpeed/peft wrappers (an online module's LoRA stays active)
-    with autocast_for(cfg, model_device(lm)), lockstep(lm):
+    # past DDP/FSDP/DeepSpeed/peft wrappers (an online module's LoRA stays active), every process in step
+    with ready_to_generate(model) as lm, autocast_for(cfg, model_device(lm)):
         return generate(lm, tokenizer, prompts, max_new_tokens=m.max_new_tokens,
                         temperature=m.gen_temperature or 1.0, top_p=m.top_p,
                         greedy=greedy or m.gen_temperature == 0, batch_size=max(1, len(prompts)),
                         vocab_limit=vocab_limit)
-
-
-@contextlib.contextmanager
-def lockstep(lm):
-    """Under DeepSpeed ZeRO-3 on several processes, every forward of a partitioned model is a collective
-    (its modules gather their weights in their own hooks): a process whose samples all ended would stop
-    calling forward and leave the others waiting. Inside this block the model's `generate` runs with
-    `synced_gpus=True` (as TRL does): a finished process keeps taking part in the forwards, without
-    sampling, until every process is done (one all-reduce of the 'done' flag per token). Elsewhere a
-    no-op. Every process must call `sample` the same number of times (one batch each, as okd's
-    on-policy methods do: their coin is the same on every process)."""
-    import torch.distributed as dist
-
-    partitioned = any(hasattr(p, "ds_id") for p in lm.parameters())
-    if not (partitioned and dist.is_initialized() and dist.get_world_size() > 1):
-        yield
-        return
-    bound = type(lm).generate.__get__(lm)
-    lm.generate = lambda *args, **kwargs: bound(*args, **{**kwargs, "synced_gpus": True})
-    try:
-        yield
-    finally:
-        del lm.generate

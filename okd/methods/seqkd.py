@@ -80,25 +80,61 @@ class SeqKD(Method):
         return hashlib.sha256(blob.encode()).hexdigest()
 
     def fill(self, prompts: list[list[int]], keys: list[str]) -> None:
-        """Generate the teacher's responses for the prompts not cached yet and append them."""
+        """Generate the teacher's responses for the prompts not cached yet and append them.
+
+        On several processes a prompt wanted by several is answered by the first, the answers are
+        gathered, every process caches all of them and the main process alone writes them (the others wait). Under FSDP or ZeRO-3 (every forward of the teacher a
+        collective) every process generates whenever any has prompts to answer; one with none answers
+        one of its cached prompts again and drops it."""
+        import torch.distributed as dist
+
+        from okd.generation import collective
+        from okd.models.loading import causal_lm
+
         todo = {}
         for k, p in zip(keys, prompts):
             if k not in self.cache:
                 todo.setdefault(k, p)
-        if not todo:
+        if not (dist.is_available() and dist.is_initialized() and dist.get_world_size() > 1):
+            if todo:
+                self._write(self._answer(todo))
             return
+        wanted: list = [None] * dist.get_world_size()
+        dist.all_gather_object(wanted, list(todo))
+        if not any(wanted):
+            return
+        earlier = {k for keys in wanted[:dist.get_rank()] for k in keys}
+        todo = {k: p for k, p in todo.items() if k not in earlier}  # a prompt on two processes: answered once
+        synced = collective(causal_lm(self.models.teacher))
+        rows = self._answer(todo or {None: prompts[0]}) if todo or synced else []
+        everyone: list = [None] * dist.get_world_size()
+        dist.all_gather_object(everyone, [r for r in rows if r[0] is not None])
+        merged = {r[0]: r for part in everyone for r in part}
+        for k, t, _, _ in merged.values():
+            self.cache[k] = t
+        if dist.get_rank() == 0:
+            self._write(list(merged.values()))
+        dist.barrier()
+
+    def _answer(self, todo: dict) -> list[tuple]:
+        """(key, label tokens, finished, text) per prompt of `todo`, from one batched teacher call."""
         tok = self.models.tokenizer
         result = sample(self.models.teacher, tok, list(todo.values()), self.cfg,
                         vocab_limit=self.models.vocab_size, greedy=self.settings["greedy"])
-        self.metrics["generated_tokens"] = self.metrics.get("generated_tokens", 0) + result.num_tokens
-        targets = targets_of(result, tok.eos_token_id)
-        lines = []
-        for k, t, f, text in zip(todo, targets, result.finished, result.texts):
-            self.cache[k] = t
-            lines.append(json.dumps({"key": k, "tokens": t, "finished": f, "text": text}) + "\n")
+        rows = list(zip(todo, targets_of(result, tok.eos_token_id), result.finished, result.texts))
+        self.metrics["generated_tokens"] = (self.metrics.get("generated_tokens", 0)  # (a stand-in prompt's not)
+                                            + sum(len(t) for k, t, _, _ in rows if k is not None))
+        for k, t, _, _ in rows:
+            if k is not None:
+                self.cache[k] = t
+        return rows
+
+    def _write(self, rows: list[tuple]) -> None:
+        lines = [json.dumps({"key": k, "tokens": t, "finished": f, "text": text}) + "\n"
+                 for k, t, f, text in rows if k is not None]
         try:
             self.path.parent.mkdir(parents=True, exist_ok=True)
-            with open(self.path, "a") as f:  # one write per batch: whole lines even with several processes
+            with open(self.path, "a") as f:  # one write per batch: whole lines
                 f.write("".join(lines))
         except OSError as e:
             raise OkdError(f"method.seqkd_cache {str(self.path)!r} is not writable ({e.strerror}); "

@@ -8,6 +8,7 @@ import math
 import torch
 
 from okd.eval import quick_rouge
+from okd.generation import collective, ready_to_generate
 from okd.losses import token_ce
 
 
@@ -42,10 +43,14 @@ def evaluate(run) -> dict:
                                    dtype=torch.float64), "sum").tolist()
     n = max(sums[1], 1)
     result = {"valid_loss": sums[0] / n, **{k: v / n for k, v in zip(keys, sums[2:])}, **method.validation_extras()}
-    if cfg.train.eval_rouge and getattr(method, "valid_examples", None) and acc.is_main_process:
-        result["valid_rougeL"] = quick_rouge(acc.unwrap_model(student), method.models.tokenizer,
-                                             method.valid_examples[:cfg.train.eval_rouge_limit], cfg.data.template,
-                                             max_new_tokens=cfg.method.max_new_tokens,
-                                             max_prompt_length=cfg.data.max_prompt_length)
+    if cfg.train.eval_rouge and getattr(method, "valid_examples", None):
+        with ready_to_generate(student) as lm:
+            # sharded weights: every process samples the same answers in lockstep; else the main one alone
+            if acc.is_main_process or collective(lm):
+                score = quick_rouge(lm, method.models.tokenizer, method.valid_examples[:cfg.train.eval_rouge_limit],
+                                    cfg.data.template, max_new_tokens=cfg.method.max_new_tokens,
+                                    max_prompt_length=cfg.data.max_prompt_length)
+                if acc.is_main_process:
+                    result["valid_rougeL"] = score
     student.train()
     return result
