@@ -33,7 +33,7 @@ $(SCALE_STAMP): $(STAMP)
 # 2-core machine spin-wait against each other); TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 test: $(SCALE_STAMP)
-	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS))
+	OMP_NUM_THREADS=1 $(BIN)/python -m pytest -q $(if $(filter 0,$(TEST_WORKERS)),,-n $(TEST_WORKERS) --dist worksteal)
 
 test-fast: $(STAMP)
 	$(BIN)/python -m pytest -q -m "not slow"

@@ -240,11 +240,35 @@ def _write(path: Path, text: str) -> Path:
     return path
 
 
+def teacher_terms(teacher: Any) -> Path | None:
+    """The teacher directory's NOTICE (a preset under its own terms, e.g. Gemma's), or None."""
+    from okd.models.loading import resolve_model_source
+
+    try:
+        source, _ = resolve_model_source(str(teacher)) if teacher else (None, None)
+    except Exception:  # noqa: BLE001 - a hub id, a missing path: no local terms to pass on
+        return None
+    notice = Path(source) / "NOTICE" if source else None
+    return notice if notice is not None and notice.is_file() else None
+
+
 def write_student_card(out_dir: str | Path, cfg: Any, summary: dict, command: str | None = None) -> Path:
-    """Write `<run>/student/README.md`; returns its path."""
+    """Write `<run>/student/README.md`; returns its path. A teacher under its own terms (its directory has
+    a NOTICE, as the gemma3-270m preset's) passes them on: the NOTICE and the terms files are copied next
+    to the student and the card says so (Gemma's terms count a distilled model as a Model Derivative)."""
+    import shutil
+
     out = Path(out_dir)
     where = f"{out}/student" if not out.is_absolute() else f"{out.name}/student"  # as typed, never absolute
-    return _write(out / "student" / "README.md", student_card(cfg, summary, command, where=where))
+    text = student_card(cfg, summary, command, where=where)
+    teacher = get_dotted(_tree(cfg), "teacher.path") if summary.get("teacher", "x") != "none" else None
+    notice = teacher_terms(teacher)
+    if notice is not None:
+        for f in [notice, *notice.parent.glob("*TERMS*")]:
+            shutil.copy2(f, out / "student" / f.name)
+        first = notice.read_text(encoding="utf-8").strip().splitlines()[0]
+        text += f"\n## Terms\n\nThe teacher's terms apply to this student: {first} (`NOTICE`, copied here).\n"
+    return _write(out / "student" / "README.md", text)
 
 
 def write_online_card(out_dir: str | Path, cfg: Any, summary: dict, command: str | None = None) -> Path | None:

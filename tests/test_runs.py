@@ -55,6 +55,33 @@ def test_cards_name_teacher_method_data_steps_metrics_and_command(okd_run, tiny_
     AutoModelForCausalLM.from_pretrained(okd_run / "student")  # the card does not disturb loading
 
 
+def test_a_teacher_under_its_own_terms_passes_them_to_the_student(okd_run, tiny_dirs, tmp_path):
+    """A teacher directory with a NOTICE (as the gemma3-270m preset's: Gemma's terms count a distilled model
+    as a Model Derivative): the student's card says the terms apply, the NOTICE and the terms file are copied
+    next to it. A teacher without one adds nothing."""
+    import shutil
+
+    import yaml
+
+    teacher = tmp_path / "termed"
+    shutil.copytree(tiny_dirs["teacher"], teacher)
+    (teacher / "NOTICE").write_text("Gemma is provided under and subject to the Gemma Terms of Use found at "
+                                    "ai.google.dev/gemma/terms (a copy: GEMMA_TERMS.html).\n\nModified files: ...\n")
+    (teacher / "GEMMA_TERMS.html").write_text("<html>terms</html>")
+    run = tmp_path / "run"
+    shutil.copytree(okd_run, run)
+    tree = yaml.safe_load((run / "config.yaml").read_text())
+    summary = json.loads((run / "summary.json").read_text())
+    write_cards(run, tree, summary, command="okd train")
+    assert "## Terms" not in (run / "student" / "README.md").read_text()
+    tree["teacher"]["path"] = str(teacher)
+    write_cards(run, tree, summary, command="okd train")
+    card = (run / "student" / "README.md").read_text()
+    assert "## Terms" in card and "subject to the Gemma Terms of Use found at ai.google.dev/gemma/terms" in card
+    assert (run / "student" / "NOTICE").read_text() == (teacher / "NOTICE").read_text()
+    assert (run / "student" / "GEMMA_TERMS.html").is_file()
+
+
 def test_cards_list_every_command_and_name_where_the_student_came_from(okd_run, tmp_path):
     """A resumed run's card lists the first command and the --resume one; base_model follows a local student to
     the hub model it was pruned from (okd_student.json) or its own card's base_model."""
