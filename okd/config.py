@@ -154,6 +154,11 @@ class MethodConfig(Section):
     lm_weight: NonNegative = 1.0
     ppo_epochs: AtLeastOne = 1
 
+    @field_validator("cross_tokenizer", mode="before")
+    @classmethod
+    def _yaml_off(cls, v):
+        return "off" if v is False else v  # YAML reads a bare `off` as false
+
     @property
     def resolved_divergence(self) -> str:
         if self.name == "sft":  # its loss whatever method.divergence says (a warning names the key as unused)

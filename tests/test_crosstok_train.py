@@ -223,6 +223,8 @@ def test_cross_tokenizer_refused_outside_ground_truth_kd(base_overrides):
             build_config({}, base_overrides + extra + ["method.cross_tokenizer=hybrid"])
         assert "method.cross_tokenizer" in str(err.value) and "\n" not in str(err.value)
     build_config({}, base_overrides + ["method.name=rkd", "method.cross_tokenizer=span"])
+    # the default spelled out: YAML reads a bare `off` as false
+    assert build_config({}, base_overrides + ["method.cross_tokenizer=off"]).method.cross_tokenizer == "off"
     cfg = build_config({}, base_overrides + ["method.name=okd", "method.cross_tokenizer=uld",
                                              "online.kl_weight=teacher_miss"])
     with pytest.raises(OkdError, match="online.kl_weight=teacher_miss .* use online.kl_weight=uniform"):
