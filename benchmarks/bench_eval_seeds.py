@@ -69,7 +69,6 @@ def main(argv=None) -> int:
         args.data = str(seed_tasks_path())
     torch.set_num_threads(args.threads)
 
-    from okd.demo_report import cpu_features
     from okd.generation import generate, generate_seeds
 
     model, tok, prompts = load(args)
@@ -89,16 +88,8 @@ def main(argv=None) -> int:
         same += sum(a == b for x, y in zip(separate, joint) for a, b in zip(x.sequences, y.sequences))
         total += len(prompts) * len(seeds)
     med = {k: statistics.median(v) for k, v in times.items()}
-    from okd.compare.results import hardware
-
-    res = {"model": "tiny llama" if args.tiny else args.model, "data": args.data, "prompts": len(prompts),
-           "seeds": args.seeds, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-           "threads": args.threads, "dtype": args.dtype, "rounds": args.rounds,
-           "machine": f"{hardware()['processor']} {cpu_features()}".strip(),
-           "torch": torch.__version__, "seconds": times, "median_s": med,
-           "speedup": med["separate"] / med["one_pass"], "identical_answers": f"{same}/{total}"}
-    print(f"{res['machine']}, {args.threads} thread(s), {args.dtype}: {len(prompts)} prompts x {args.seeds} seeds, "
-          f"{args.max_new_tokens} new tokens, batch {args.batch_size}")
+    res = _result(args, prompts, times, med, speedup=med["separate"] / med["one_pass"],
+                  identical_answers=f"{same}/{total}")
     print(f"separate seeded calls {med['separate']:.1f} s, one pass {med['one_pass']:.1f} s "
           f"(median of {args.rounds}): {res['speedup']:.2f}x; identical answers {same}/{total}")
     if args.out:
@@ -107,9 +98,22 @@ def main(argv=None) -> int:
     return 0 if same == total else 1
 
 
-def compare_compact(args, model, tok, prompts, kw, seeds) -> int:
+def _result(args, prompts, times, med, **extra) -> dict:
+    """The results JSON of either comparison (the machine and settings, then its own figures); prints its head."""
     from okd.compare.results import hardware
     from okd.demo_report import cpu_features
+
+    res = {"model": "tiny llama" if args.tiny else args.model, "data": args.data, "prompts": len(prompts),
+           "seeds": args.seeds, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
+           "threads": args.threads, "dtype": args.dtype, "rounds": args.rounds,
+           "machine": f"{hardware()['processor']} {cpu_features()}".strip(), "torch": torch.__version__,
+           "seconds": times, "median_s": med, **extra}
+    print(f"{res['machine']}, {args.threads} thread(s), {args.dtype}: {len(prompts)} prompts x {args.seeds} seeds, "
+          f"{args.max_new_tokens} new tokens, batch {args.batch_size}")
+    return res
+
+
+def compare_compact(args, model, tok, prompts, kw, seeds) -> int:
     from okd.generation import generate_seeds
 
     times: dict[str, list[float]] = {"generate": [], "compact": []}
@@ -123,13 +127,7 @@ def compare_compact(args, model, tok, prompts, kw, seeds) -> int:
             answers[way] = {"mean_tokens": statistics.mean(lengths), "max_tokens": max(lengths),
                             "finished": statistics.mean(f for g in gens for f in g.finished)}
     med = {k: statistics.median(v) for k, v in times.items()}
-    res = {"model": "tiny llama" if args.tiny else args.model, "data": args.data, "prompts": len(prompts),
-           "seeds": args.seeds, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,
-           "threads": args.threads, "dtype": args.dtype, "rounds": args.rounds,
-           "machine": f"{hardware()['processor']} {cpu_features()}".strip(), "torch": torch.__version__,
-           "seconds": times, "median_s": med, "speedup": med["generate"] / med["compact"], "answers": answers}
-    print(f"{res['machine']}, {args.threads} thread(s), {args.dtype}: {len(prompts)} prompts x {args.seeds} seeds, "
-          f"{args.max_new_tokens} new tokens, batch {args.batch_size}")
+    res = _result(args, prompts, times, med, speedup=med["generate"] / med["compact"], answers=answers)
     print(f"generate {med['generate']:.1f} s, compact {med['compact']:.1f} s (median of {args.rounds}): "
           f"{res['speedup']:.2f}x; answers {answers}")
     if args.out:

@@ -389,15 +389,11 @@ class _Decoder:
     + generated ids, right-padded with the pad id after an EOS."""
 
     def __init__(self, model, config, processors, eos: list[int]):
-        import inspect
-
         from transformers import (LogitsProcessorList, NoRepeatNGramLogitsProcessor, TemperatureLogitsWarper,
                                   TopKLogitsWarper, TopPLogitsWarper)
 
-        params = inspect.signature(model.forward).parameters
-        self.model, self.config = model, config
-        self.key = "cache" if "cache" in params else "past_key_values"
-        self.keep_one = "logits_to_keep" in params
+        forward = _Prefix(model)  # the forward's cache keyword and logits_to_keep, read once
+        self.model, self.config, self.key, self.keep_one = model, config, forward.key, forward.keep_one
         steps = LogitsProcessorList(processors)
         if config.no_repeat_ngram_size:
             steps.append(NoRepeatNGramLogitsProcessor(config.no_repeat_ngram_size))
