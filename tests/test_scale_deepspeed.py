@@ -1,7 +1,7 @@
 """DeepSpeed ZeRO-3: `accelerate launch` of two CPU processes (gloo) against one process without DeepSpeed.
 
-accelerate enables DeepSpeed only on accelerators, so the launch goes through a small shim (DS_SHIM
-below) that lets accelerate pick gloo and the CPU device, with DeepSpeed's CPU accelerator
+accelerate enables DeepSpeed only on accelerators, so the launch goes through a small shim (DS_SHIM in tests/launch.py
+) that lets accelerate pick gloo and the CPU device, with DeepSpeed's CPU accelerator
 (DS_ACCELERATOR=cpu); the DeepSpeed plugin, the engines, ZeRO-3 partitioning (the models load
 partitioned: zero3_init_flag), okd's head gathering and its own stepping are the real code. Skipped
 where deepspeed is not installed (`pip install -e .[scale]`).
@@ -12,7 +12,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -24,11 +23,7 @@ from okd.config import build_config
 from okd.errors import OkdError
 from okd.train import train
 
-from launch import DS_SHIM, OUTPUTS, ROOT, finished_ok, free_port, launch_env  # noqa: E402
-
-def _env_ds(**extra) -> dict:
-    return launch_env(DS_ACCELERATOR="cpu", **extra)
-
+from launch import OUTPUTS, finished_ok, launch_train  # noqa: E402
 
 def _deepspeed_or_skip():
     pytest.importorskip("deepspeed", reason="deepspeed is not installed (pip install -e .[scale])")
@@ -40,12 +35,7 @@ def _deepspeed_or_skip():
 
 def _launch(tmp_path: Path, args: list[str], out: Path, expect_ok: bool = True, timeout: int = 600,
             **env) -> subprocess.CompletedProcess:
-    shim = tmp_path / "okd_deepspeed_cpu.py"
-    shim.write_text(DS_SHIM)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch",
-           "--config_file", str(ROOT / "configs" / "accelerate" / "cpu_deepspeed_zero3.yaml"),
-           "--main_process_port", str(free_port()), str(shim), "train", "--quiet", *args, f"output_dir={out}"]
-    r = subprocess.run(cmd, env=_env_ds(**env), capture_output=True, text=True, timeout=timeout)
+    r = launch_train(tmp_path, "zero3", args, out, timeout=timeout, **env)
     if expect_ok:
         assert finished_ok(r, out), r.stderr[-4000:]
         summary = json.loads((out / "summary.json").read_text())

@@ -1,6 +1,6 @@
 """FSDP through `accelerate launch`: two CPU processes (gloo) against one process, and resume.
 
-accelerate enables FSDP only on accelerators, so the launch goes through a small shim (FSDP_SHIM below)
+accelerate enables FSDP only on accelerators, so the launch goes through a small shim (FSDP_SHIM in tests/launch.py)
 that lets accelerate join the processes over gloo with the CPU as device; accelerate's FSDP plugin and
 wrapping (configs/accelerate/cpu_fsdp.yaml: the settings of fsdp.yaml in fp32), okd's unsharded output
 layers, the gathered final save and okd's FSDP checkpoints are the real code. The shim can also
@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -23,7 +22,7 @@ from okd.config import build_config
 from okd.train import train
 from okd.train.checkpoint import checkpoint_dirs
 
-from launch import FSDP_SHIM, OUTPUTS, ROOT, finished_ok, free_port, launch_env  # noqa: E402
+from launch import OUTPUTS, finished_ok, launch_train  # noqa: E402
 
 
 
@@ -31,12 +30,7 @@ from launch import FSDP_SHIM, OUTPUTS, ROOT, finished_ok, free_port, launch_env 
 
 
 def _launch(tmp_path: Path, args: list[str], out: Path, **env) -> subprocess.CompletedProcess:
-    shim = tmp_path / "okd_fsdp_cpu.py"
-    shim.write_text(FSDP_SHIM)
-    cmd = [sys.executable, "-m", "accelerate.commands.launch",
-           "--config_file", str(ROOT / "configs" / "accelerate" / "cpu_fsdp.yaml"),
-           "--main_process_port", str(free_port()), str(shim), "train", "--quiet", *args, f"output_dir={out}"]
-    return subprocess.run(cmd, env=launch_env(**env), capture_output=True, text=True, timeout=600)
+    return launch_train(tmp_path, "fsdp", args, out, **env)
 
 
 def _assert_close_to(ref: Path, out: Path, files: tuple[str, ...]):
