@@ -72,7 +72,7 @@ def main(argv=None) -> int:
     p.add_argument("--out", help="write the results JSON here")
     args = p.parse_args(argv)
     from okd.compare.results import hardware
-    from okd.demo_report import cpu_features
+    from okd.precision import cpu_features
 
     machine = f"{hardware()['processor']} {cpu_features()}".strip()
     results = {}

@@ -101,7 +101,7 @@ def main(argv=None) -> int:
 def _result(args, prompts, times, med, **extra) -> dict:
     """The results JSON of either comparison (the machine and settings, then its own figures); prints its head."""
     from okd.compare.results import hardware
-    from okd.demo_report import cpu_features
+    from okd.precision import cpu_features
 
     res = {"model": "tiny llama" if args.tiny else args.model, "data": args.data, "prompts": len(prompts),
            "seeds": args.seeds, "max_new_tokens": args.max_new_tokens, "batch_size": args.batch_size,

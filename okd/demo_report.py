@@ -9,9 +9,10 @@ untrained one. They are generated once per model and cached in `<out>/samples/<l
 from __future__ import annotations
 
 import json
-import os
 import time
 from pathlib import Path
+
+from okd.precision import cpu_features
 
 LABELS = {"student_init": "student (untrained)"}  # the demo's name for compare's reference row
 SAMPLE_PROMPTS = 3
@@ -84,23 +85,6 @@ def sample_lines(samples: dict) -> list[str]:
         a = " ".join(item["answer"].split())[:300] or "(empty)"
         lines.append(f"- **{q}** → {a}{'' if item.get('finished') else ' …'}")
     return lines
-
-
-def cpu_features() -> str:
-    """What decides a CPU's speed here: AVX-512, and bf16 in hardware (AVX512-BF16, AMX)."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
-        return ""
-    have = [name for name, flag in (("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16"))
-            if flag in flags]
-    text = "with " + ", ".join(have) if have else "without AVX-512"
-    # A run limited to AVX2 kernels (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, OKD_CPU_BF16=0) says
-    # so: its figures stand for a machine without AVX-512, not for this one.
-    limits = [f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
-                                                "ONEDNN_MAX_CPU_ISA", "OKD_CPU_BF16") if os.environ.get(k)]
-    return text + (f" (limited by {' '.join(limits)})" if limits else "")
 
 
 def machine_line(hw: dict, precision: str) -> str:

@@ -47,3 +47,20 @@ def resolve_mixed_precision(setting: str, device_type: str | None = None) -> str
     if setting == "fp16" and not cuda:
         raise OkdError("train.mixed_precision=fp16 needs a GPU; use bf16 or no on CPU")
     return setting
+
+
+def cpu_features() -> str:
+    """What decides a CPU's speed here: AVX-512, and bf16 in hardware (AVX512-BF16, AMX)."""
+    try:
+        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                      if line.startswith("flags")), [])
+    except OSError:
+        return ""
+    have = [name for name, flag in (("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16"))
+            if flag in flags]
+    text = "with " + ", ".join(have) if have else "without AVX-512"
+    # A run limited to AVX2 kernels (ATEN_CPU_CAPABILITY, MKL_ENABLE_INSTRUCTIONS, OKD_CPU_BF16=0) says
+    # so: its figures stand for a machine without AVX-512, not for this one.
+    limits = [f"{k}={os.environ[k]}" for k in ("ATEN_CPU_CAPABILITY", "MKL_ENABLE_INSTRUCTIONS",
+                                                "ONEDNN_MAX_CPU_ISA", "OKD_CPU_BF16") if os.environ.get(k)]
+    return text + (f" (limited by {' '.join(limits)})" if limits else "")

@@ -113,7 +113,7 @@ def test_short_pairs_keep_short_prompts_and_answers(tmp_path):
 
 
 def test_bf16_detection_can_be_overridden_and_the_machine_line_says_so(monkeypatch):
-    from okd.demo_report import cpu_features
+    from okd.precision import cpu_features
     from okd.precision import cpu_has_bf16
 
     monkeypatch.setenv("OKD_CPU_BF16", "0")

@@ -63,6 +63,8 @@ COMMANDS: dict[str, tuple[str, list[str]]] = {
     "okd compare -c configs/compare-tiny.yaml": ("slow", []),
     "okd compare -c configs/compare-smollm2.yaml": ("okd", ["--dry-run"]),  # 70 minutes: the grid is validated
     "okd compare -c configs/compare-study.yaml": ("okd", ["--dry-run"]),  # hours: the grid is validated
+    "okd compare -c configs/compare-protocol.yaml --only fkd_s2 --import docs/protocol/archive --export "
+    "docs/protocol/archive": ("okd", ["--dry-run"]),  # hours (tests/test_compare_archive.py runs a grid in parts)
     "okd analyze --teacher smollm2-135m-instruct --student students/smol8 --data sharegpt -o runs/analysis":
         ("okd", ["--divergences", "fkl", "--taus", "1", "--steps", "1", "--limit", "2", "--max-length", "160",
                  "--set", "train.batch_size=2", "data.max_length=160"]),
@@ -91,7 +93,7 @@ def site(tmp_path_factory, tiny_dirs):
     teacher for smollm2-135m-instruct and a tiny split directory for sharegpt."""
     root = tmp_path_factory.mktemp("readme")
     (root / "configs").mkdir()
-    for name in ("tiny.yaml", "compare-smollm2.yaml", "compare-study.yaml", "compare-tiny.yaml"):
+    for name in ("tiny.yaml", "compare-smollm2.yaml", "compare-study.yaml", "compare-tiny.yaml", "compare-protocol.yaml"):
         (root / "configs" / name).write_text((ROOT / "configs" / name).read_text())
     os.symlink(ROOT / "configs" / "accelerate", root / "configs" / "accelerate")
     (root / "models").mkdir()

@@ -28,7 +28,9 @@ grid file (YAML):
     exposure: {runs: [sft, okd], prompts: 8, samples: 2, max_len: 64, length: 32, data: ..., teacher: ...}
 
 Complete runs (summary.json) and evaluations (same settings) are skipped; interrupted runs resume
-from their last checkpoint. A run whose config equals an earlier run's reuses it.
+from their last checkpoint. A run whose config equals an earlier run's reuses it. A grid too long for
+one machine or session: --export DIR at the end of each part, --import DIR at the start of the next
+(results travel, weights do not; runs whose weights are needed, e.g. a tuned teacher, train again).
 
 example:
   okd compare -c configs/compare-tiny.yaml --dry-run
@@ -48,6 +50,12 @@ def register(sub) -> None:
                    help="train and evaluate only these runs and reference rows (teacher, student_init); the runs they need are trained too, not evaluated; the report covers all")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from what exists; train nothing")
     p.add_argument("--progress", action="store_true", help="show the training/eval progress bars")
+    p.add_argument("--import", dest="import_from", metavar="DIR",
+                   help="first take from DIR (written by --export) the runs and evaluations this grid lacks: their "
+                        "results without weights (a run whose weights are needed is trained again)")
+    p.add_argument("--export", dest="export_to", metavar="DIR",
+                   help="at the end copy the results (configs, summaries, metrics, evaluations; no weights) into DIR, "
+                        "to carry the grid to another machine or session")
     p.set_defaults(func=run)
 
 
@@ -56,7 +64,8 @@ def run(args) -> int:
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     plan = run_compare(args.config, only=args.only, dry_run=args.dry_run, report_only=args.report_only,
-                       progress=args.progress and sys.stderr.isatty())
+                       progress=args.progress and sys.stderr.isatty(), import_from=args.import_from,
+                       export_to=args.export_to)
     if not args.dry_run:
         print((plan.out / "report.md").read_text(), end="")
     return 0

@@ -37,13 +37,15 @@ resolved config equals an earlier run's is not trained twice: it reuses that run
 "= name"). The grid is validated like a config: an unknown key is an error naming it, before anything
 runs.
 
-The package: `grid` (schema and plan), `settings` (a plan's evaluation settings), `execute` (on-disk
-state, training, evaluation, run_compare), `results` (reading runs and evaluations into rows),
-`report` (report.md, results.csv/json) and `plots` (the figures).
+The package: `grid` (schema and plan), `settings` (a plan's evaluation settings), `state` (a run's
+state on disk), `execute` (training, evaluation, run_compare), `archive` (a grid's results without
+weights, `--export`/`--import`, and each run's provenance), `results` (reading runs and evaluations
+into rows), `report` (report.md, results.csv/json) and `plots` (the figures).
 """
 
 from okd.compare.execute import (check_run_config, describe_plan, ensure_student_inits, evaluate_model, run_compare,
-                                 run_status, train_run)
+                                 train_run)
+from okd.compare.state import run_status
 from okd.compare.grid import (EvalSpec, ExposureSpec, GridSpec, Plan, Run, RunSpec, StudentInit, StudentInitPlan,
                               SweepSpec, format_value, load_grid, plan_grid)
 from okd.compare.report import write_report

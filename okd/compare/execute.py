@@ -2,14 +2,14 @@
 
 A run with summary.json and student/ is complete and skipped; one with checkpoints is resumed; an
 evaluation whose JSON carries the same settings stamp is skipped. A run directory trained with
-another config (beyond logging keys) is refused rather than silently reused.
+another config (beyond logging keys) is refused rather than silently reused. A run imported from an
+archive (okd.compare.archive: results, no weights) is skipped too, unless another run needs its weights.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import re
 import shutil
 import subprocess
 import sys
@@ -20,10 +20,12 @@ from typing import Callable
 
 import yaml
 
+from okd.compare.archive import export_results, forget_import, import_results, weights_fingerprint, write_provenance
 from okd.compare.caches import describe_caches, ensure_teacher_cache
 from okd.compare.grid import Plan, Run, format_value, load_grid, plan_grid
 from okd.compare.report import write_report
 from okd.compare.settings import eval_config, eval_settings, exposure_runs
+from okd.compare.state import run_status
 from okd.config import LOGGING_KEYS, config_diff
 from okd.errors import OkdError
 from okd.progress import fmt_s
@@ -32,18 +34,6 @@ Log = Callable[[str], None]
 
 
 # ----------------------------------------------------------------------------- state of a run
-
-def run_status(run: Run) -> str:
-    """'complete', 'partial (step N)' or 'new'."""
-    d = run.dir
-    if (d / "summary.json").is_file() and (d / "student").is_dir():
-        return "complete"
-    ckpts = sorted((d / "checkpoints").glob("step-*")) if (d / "checkpoints").is_dir() else []
-    if ckpts:
-        m = re.search(r"(\d+)$", ckpts[-1].name)
-        return f"partial (step {int(m.group(1)) if m else '?'})"
-    return "new"
-
 
 def check_run_config(run: Run) -> None:
     """A run directory trained with another config would give stale results: refuse it."""
@@ -73,9 +63,12 @@ def eval_current(path: Path, settings: dict) -> bool:
 
 
 def _stamp(path: Path, settings: dict, model: str) -> None:
+    from okd.config import ModelConfig
+
     res = json.loads(path.read_text())
     res["compare_settings"] = settings
     res["compare_model"] = model
+    res["compare_model_sha"] = weights_fingerprint(ModelConfig(path=model))  # which weights, across machines
     path.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -176,9 +169,36 @@ def train_run(run: Run, *, isolate: bool, threads: int | None, progress: bool) -
         _train_inprocess(run, progress)
 
 
-def _train_all(plan: Plan, selected: list[str], *, progress: bool, log: Log, elapsed: Callable[[], str]) -> None:
+def _weights_needed(plan: Plan, selection: Selection) -> dict[str, str]:
+    """{run: what needs it} for the runs whose weights this call reads: a run to train needs the runs its
+    student and teacher come from, a missing evaluation needs the model evaluated (and the teacher, the
+    oracle of exposure bias). An imported run in here is trained again (okd.compare.archive)."""
+    need: dict[str, str] = {}
+    tuned = plan.spec.teacher_from
+    if plan.spec.eval is not None:
+        oracle = tuned if plan.spec.eval.exposure is not None and plan.spec.eval.exposure.teacher is None else None
+        for label, _, exposure in _models_to_evaluate(plan, selection):
+            rouge = not eval_current(plan.out / "eval" / f"{label}.json", eval_settings(plan, False))
+            xpos = exposure and not eval_current(plan.out / "eval" / f"{label}.exposure.json",
+                                                 eval_settings(plan, True))
+            if rouge or xpos:
+                need.setdefault(tuned if label == "teacher" and tuned else label, f"the evaluation of {label}")
+            if xpos and oracle:
+                need.setdefault(oracle, f"the exposure bias of {label} (its oracle)")
+    for r in reversed([r for r in plan.runs if r.name in selection.train and not r.same_as]):
+        status = run_status(r)
+        if status == "complete" or (status == "imported" and r.name not in need):
+            continue
+        for dep in (r.student_from, r.teacher_from):
+            if dep:
+                need.setdefault(plan.trained(plan.run(dep)).name, f"run {r.name}")
+    return need
+
+
+def _train_all(plan: Plan, selection: Selection, *, progress: bool, log: Log, elapsed: Callable[[], str]) -> None:
     spec = plan.spec
-    todo = [r for r in plan.runs if r.name in selected]
+    todo = [r for r in plan.runs if r.name in selection.train]
+    need = _weights_needed(plan, selection)
     for i, r in enumerate(todo, start=1):
         head = f"train {i}/{len(todo)} {r.name}"
         if r.same_as:
@@ -188,6 +208,14 @@ def _train_all(plan: Plan, selected: list[str], *, progress: bool, log: Log, ela
         if status == "complete":
             log(f"{head}: complete, skipped")
             continue
+        if status == "imported":
+            if r.name not in need:
+                log(f"{head}: imported (results without weights), skipped")
+                continue
+            log(f"{head}: imported without weights, which {need[r.name]} needs: training it again (its imported "
+                "results and evaluations are dropped)")
+            forget_import(plan, r)
+            status = run_status(r)
         what = "resuming " + status.split("(")[1].rstrip(")") if status.startswith("partial") else "starting"
         log(f"{head}: {what}: method {r.cfg.method.name}, {r.cfg.train.max_steps} steps × batch "
             f"{r.cfg.train.batch_size}{f', student from {r.student_from}' if r.student_from else ''} "
@@ -198,6 +226,7 @@ def _train_all(plan: Plan, selected: list[str], *, progress: bool, log: Log, ela
         train_run(r, isolate=spec.isolate, threads=spec.threads, progress=progress)
         if not spec.keep_checkpoints:
             shutil.rmtree(r.dir / "checkpoints", ignore_errors=True)  # optimizer states: GBs per run
+        write_provenance(r)
         s = json.loads((r.dir / "summary.json").read_text())
         log(f"{head}: done in {fmt_s(time.perf_counter() - t0)} (training {s.get('train_s', s['wall_clock_s']):.0f} s, "
             f"{s['tokens_per_s']:.0f} tokens/s, valid CE {s['final_metrics'].get('valid_loss', float('nan')):.3f})")
@@ -311,8 +340,12 @@ def _select(plan: Plan, only: list[str] | None, *, dry_run: bool, log: Log) -> S
 
 def run_compare(grid: str | Path | dict, *, only: list[str] | None = None, dry_run: bool = False,
                 report_only: bool = False, progress: bool = False, log: Log = _say,
-                report: Callable[[Plan], object] | None = None) -> Plan:
+                report: Callable[[Plan], object] | None = None, import_from: Path | None = None,
+                export_to: Path | None = None) -> Plan:
     """Train, evaluate and report a grid; returns the plan. See okd.compare's docstring for the format.
+
+    `import_from`: first put into the output_dir the runs and evaluations of that archive it lacks;
+    `export_to`: at the end copy the results (no weights) into that archive (okd.compare.archive).
 
     `report(plan)` writes the report instead of okd.compare.report.write_report (okd demo's own).
     """
@@ -338,9 +371,11 @@ def run_compare(grid: str | Path | dict, *, only: list[str] | None = None, dry_r
     plan.out.mkdir(parents=True, exist_ok=True)
     if plan.source and Path(plan.source).resolve() != (plan.out / "grid.yaml").resolve():
         shutil.copyfile(plan.source, plan.out / "grid.yaml")  # what produced this directory
+    if import_from is not None:
+        import_results(plan, Path(import_from), log)
     if not report_only:
         ensure_student_inits(plan, log)
-        _train_all(plan, selection.train, progress=progress, log=log, elapsed=elapsed)
+        _train_all(plan, selection, progress=progress, log=log, elapsed=elapsed)
         if plan.spec.eval is not None:
             _eval_all(plan, selection, log=log, elapsed=elapsed)
     if report is not None:
@@ -349,4 +384,6 @@ def run_compare(grid: str | Path | dict, *, only: list[str] | None = None, dry_r
     paths = write_report(plan)
     log(f"report: {paths['report']} (+ results.csv, results.json, {len(paths['plots'])} plots) "
         f"[grid elapsed {elapsed()}]")
+    if export_to is not None:
+        export_results(plan, Path(export_to), log)
     return plan

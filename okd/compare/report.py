@@ -113,7 +113,9 @@ def _write_results(plan: Plan, rows: list[dict], sets: list[str], hw: dict, seed
 
 def _setup_lines(plan: Plan, hw: dict) -> list[str]:
     """The paragraph under the title: models, data, budget, evaluation, hardware."""
-    base_cfg = plan.runs[0].cfg
+    # the budget of a run that overrides none of it (the first run may be the teacher's tuning)
+    base_cfg = next((r.cfg for r in plan.runs if not any(k.startswith("train.") for k in r.overrides)),
+                    plan.runs[0].cfg)
     tc, dc = base_cfg.train, base_cfg.data
     lines = [f"Teacher `{plan.teacher}`; student `{plan.student_init}`; training data `{dc.train}` "
              f"(template {dc.template}, max length {dc.max_length}).",
@@ -182,6 +184,33 @@ def _headroom_lines(plan: Plan, room: list[dict] | None) -> list[str]:
     return lines
 
 
+def _provenance_lines(rows: list[dict]) -> list[str]:
+    """Where the runs trained and against which teacher weights: one line when all agree, a table (and a
+    warning) when the grid's runs come from several machines or teachers (okd compare --import)."""
+    runs = [r for r in rows if r["kind"] != "reference" and r.get("provenance")]
+    if not runs:
+        return []
+    machines = {r["provenance"]["machine"] for r in runs}
+    teacher_row = next((r for r in rows if r["name"] == "teacher" and r["kind"] == "reference"), {})
+    shas = {r["provenance"].get("teacher_sha") for r in runs} - {None}
+    evaluated = teacher_row.get("model_sha")
+    lines = ["## Provenance", ""]
+    if len(machines) == 1 and len(shas) <= 1 and (not evaluated or shas <= {evaluated}) \
+            and not any(r.get("imported") for r in runs):
+        return lines + [f"Every run trained on {next(iter(machines))}"
+                        + (f", against teacher weights `{next(iter(shas))}`" if shas else "") + ".", ""]
+    body = [[r["name"], r["provenance"]["machine"], r["provenance"].get("finished_at", "-"),
+             f"`{r['provenance']['teacher_sha']}`" if r["provenance"].get("teacher_sha") else "-",
+             "yes" if r.get("imported") else "no"] for r in runs]
+    lines += [markdown_table(["run", "machine", "finished", "teacher weights", "imported"], body), ""]
+    if len(shas) > 1 or (evaluated and shas - {evaluated}):
+        lines += [f"**Runs were trained against {len(shas | ({evaluated} if evaluated else set()))} different copies "
+                  f"of the teacher**" + (f" (the teacher row evaluated `{evaluated}`)" if evaluated else "")
+                  + ": a teacher tuned again on another machine or session has other weights; compare runs of one "
+                  "copy, or read the differences as including the teacher's.", ""]
+    return lines
+
+
 def _selected_note(plan: Plan) -> str:
     try:
         summary = json.loads((plan.out / "runs" / plan.spec.teacher_from / "summary.json").read_text())
@@ -198,7 +227,7 @@ def _report_md(plan: Plan, rows: list[dict], sets: list[str], plots: dict[str, s
     lines = [f"# {plan.spec.title or 'okd compare: ' + plan.out.name}", ""]
     lines += _headroom_lines(plan, seeds.get("headroom")) + _setup_lines(plan, hw)
     lines += ["", "## Methods", "", _table(plan, [r for r in rows if r["kind"] != "sweep"], sets), ""]
-    lines += _seed_lines(seeds)
+    lines += _seed_lines(seeds) + _provenance_lines(rows)
     for sw in plan.spec.sweeps:
         srows = [r for r in rows if r.get("sweep") == sw.name]
         if not srows:

@@ -14,6 +14,7 @@ from pathlib import Path
 
 from okd.compare.grid import Plan, Run
 from okd.compare.settings import eval_settings
+from okd.compare.state import is_imported
 from okd.eval.curves import read_metrics
 
 
@@ -68,6 +69,7 @@ def _eval_part(plan: Plan, label: str) -> dict:
         part["rougeL"] = {n: d["rougeL"] for n, d in res["datasets"].items()}
         part["rougeL_avg"] = rouge_avg_over_sets(res["datasets"])
         part["gen_tokens_per_s"] = (res.get("generation") or {}).get("tokens_per_s")
+        part["model_sha"] = res.get("compare_model_sha")
     xres = _read_json(eval_dir / f"{label}.exposure.json")
     if ev.exposure is not None and xres and xres.get("compare_settings") == eval_settings(plan, True):
         d = next(iter(xres["datasets"].values()))
@@ -106,7 +108,9 @@ def _run_row(plan: Plan, r: Run, summary: dict) -> dict:
            "tokens_per_s": summary.get("tokens_per_s"), "generated_tokens": summary.get("generated_tokens"),
            "peak_memory_mb": summary.get("peak_memory_mb"), "device": summary.get("device"),
            "valid_loss": _valid_loss(summary, metrics), "selected": summary.get("selected"),
-           "curve": [{k: m[k] for k in CURVE_KEYS if k in m} for m in metrics]}
+           "curve": [{k: m[k] for k in CURVE_KEYS if k in m} for m in metrics],
+           # where it trained, against which teacher weights (okd.compare.archive); imported: results only
+           "provenance": _read_json(t.dir / "provenance.json"), "imported": is_imported(t)}
     if r.sweep:
         row["sweep_key"] = next(s for s in plan.spec.sweeps if s.name == r.sweep).key
     row.update(_eval_part(plan, t.name))

@@ -1,0 +1,144 @@
+"""A grid's results without its weights, to spread one grid over several machines or sessions.
+
+`okd compare -c GRID --export DIR` copies what the report reads (each finished run's config, summary,
+metrics and provenance; every evaluation JSON) into DIR, adding to what DIR holds; `--import DIR` puts
+into the grid's output_dir the runs and evaluations it does not have. An imported run has its results
+and no weights: it is reported and skipped like a finished one, and trained again only when a run to
+train or a model to evaluate needs its weights (a student_from or teacher_from run), its imported
+evaluations dropped then, since they describe other weights.
+
+Every trained run leaves provenance.json: the machine and a fingerprint of the teacher it was trained
+against and of the student it produced, so a report over runs from several machines can say which
+runs shared a teacher (two tunings of the teacher on different CPUs give different weights).
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import time
+from pathlib import Path
+from typing import Callable
+
+from okd.compare.grid import Plan, Run
+from okd.compare.results import hardware
+from okd.compare.state import IMPORTED, is_imported, run_status
+
+RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "provenance.json")
+ARCHIVE = "archive.json"  # in an archive: where and when each run was exported from
+
+Log = Callable[[str], None]
+
+
+def weights_fingerprint(model_cfg) -> str | None:
+    """The first 16 hex digits of the sha256 over a model's weight files (okd.models.fingerprints, which the
+    teacher cache records in full); None where they are not on this machine."""
+    from okd.errors import OkdError
+    from okd.models.fingerprints import teacher_identity
+
+    try:
+        return teacher_identity(model_cfg)["weights_sha256"][:16]
+    except (OkdError, OSError):
+        return None
+
+
+def write_provenance(run: Run) -> None:
+    """runs/<name>/provenance.json: where the run trained and which weights it read and wrote."""
+    from okd.precision import cpu_features
+
+    hw = hardware()
+    record = {"machine": f"{hw['processor']} {cpu_features()}".strip(), "gpu": hw["gpu"], "torch": hw["torch"],
+              "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+              "student_sha": weights_fingerprint(run.cfg.teacher.model_copy(
+                  update={"path": str(run.dir / "student"), "gguf_file": None}))}
+    if run.cfg.method.resolved_teacher != "none":
+        record.update(teacher=run.cfg.teacher.path, teacher_sha=weights_fingerprint(run.cfg.teacher))
+    (run.dir / "provenance.json").write_text(json.dumps(record, indent=1) + "\n")
+
+
+def _labels(plan: Plan) -> set[str]:
+    refs = set(plan.spec.eval.references) if plan.spec.eval is not None else set()
+    return refs | {r.name for r in plan.runs}
+
+
+def _eval_files(eval_dir: Path, labels: set[str], of: set[str] | None = None) -> list[Path]:
+    """The evaluation files of the labels `of` (default: all of them): <label>.json, <label>.exposure.json
+    and the per-prompt answers the paired intervals read (<label>.<set>.seed<k>.jsonl). A file belongs to
+    the longest label it starts with (runs `a` and `a.b` both may exist)."""
+    if not eval_dir.is_dir():
+        return []
+    files = []
+    for p in sorted(eval_dir.iterdir()):
+        owner = max((label for label in labels if p.name.startswith(f"{label}.")), key=len, default=None)
+        if p.is_file() and owner is not None and owner in (labels if of is None else of):
+            files.append(p)
+    return files
+
+
+def export_results(plan: Plan, dest: Path, log: Log) -> None:
+    """Copy the finished runs' results and every evaluation into dest (added to, or replacing, what it holds)."""
+    dest.mkdir(parents=True, exist_ok=True)
+    index_path = dest / ARCHIVE
+    index = json.loads(index_path.read_text()) if index_path.is_file() else {"runs": {}}
+    runs = []
+    for r in plan.runs:
+        if r.same_as or run_status(r) not in ("complete", "imported"):
+            continue
+        target = dest / "runs" / r.name
+        target.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            if (r.dir / name).is_file():
+                shutil.copyfile(r.dir / name, target / name)
+        if not is_imported(r):
+            index["runs"][r.name] = {"exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
+                                     "from": str(r.dir)}
+        runs.append(r.name)
+    evals = _eval_files(plan.out / "eval", _labels(plan))
+    (dest / "eval").mkdir(exist_ok=True)
+    for p in evals:
+        shutil.copyfile(p, dest / "eval" / p.name)
+    if plan.source and Path(plan.source).is_file():
+        shutil.copyfile(plan.source, dest / "grid.yaml")
+    index_path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
+    log(f"export: {len(runs)} runs ({', '.join(runs) or 'none finished'}) and {len(evals)} evaluations -> {dest}")
+
+
+def import_results(plan: Plan, src: Path, log: Log) -> None:
+    """Put into the output_dir the runs and evaluations of src it does not have (nothing local is replaced)."""
+    from okd.errors import OkdError
+
+    if not (src / "runs").is_dir() and not (src / "eval").is_dir():
+        raise OkdError(f"--import: {src} holds no exported results (runs/ or eval/); write one with --export")
+    runs, skipped = [], []
+    for r in plan.runs:
+        origin = src / "runs" / r.name
+        if r.same_as or not (origin / "summary.json").is_file():
+            continue
+        if run_status(r) != "new":
+            skipped.append(r.name)
+            continue
+        r.dir.mkdir(parents=True, exist_ok=True)
+        for name in RUN_FILES:
+            if (origin / name).is_file():
+                shutil.copyfile(origin / name, r.dir / name)
+        (r.dir / IMPORTED).write_text(json.dumps({"from": str(src), "at": time.strftime(
+            "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
+        runs.append(r.name)
+    evals = []
+    (plan.out / "eval").mkdir(parents=True, exist_ok=True)
+    for p in _eval_files(src / "eval", _labels(plan)):
+        if not (plan.out / "eval" / p.name).is_file():
+            shutil.copyfile(p, plan.out / "eval" / p.name)
+            evals.append(p.name)
+    log(f"import: {len(runs)} runs ({', '.join(runs) or 'none'}) and {len(evals)} evaluations from {src}"
+        + (f"; kept the local {', '.join(skipped)}" if skipped else ""))
+
+
+def forget_import(plan: Plan, run: Run) -> None:
+    """An imported run about to be trained again: its results and evaluations describe other weights."""
+    for name in (*RUN_FILES, IMPORTED):
+        if name != "config.yaml":
+            (run.dir / name).unlink(missing_ok=True)
+    of = {run.name} | ({"teacher"} if plan.spec.teacher_from == run.name else set())  # the teacher row: its weights
+    for p in _eval_files(plan.out / "eval", _labels(plan), of):
+        p.unlink()

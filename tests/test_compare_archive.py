@@ -1,0 +1,90 @@
+"""okd compare --export / --import: a grid spread over sessions carries its results, not its weights."""
+
+from __future__ import annotations
+
+import copy
+import json
+import shutil
+
+import pytest
+
+from okd.compare import run_compare
+from okd.errors import OkdError
+from tests.test_compare_teacher import _grid
+
+
+def _provenance(out, name) -> dict:
+    return json.loads((out / "runs" / name / "provenance.json").read_text())
+
+
+def test_a_grid_in_two_sessions_carries_results_and_retrains_only_needed_weights(tiny_dirs, tiny_data, tmp_path):
+    out, archive = tmp_path / "g", tmp_path / "archive"
+    tree = _grid(tiny_dirs, tiny_data, out)
+    logs: list[str] = []
+    # session 1: the teacher row and one sft seed, exported
+    run_compare(copy.deepcopy(tree), only=["teacher", "sft_s1"], log=logs.append, export_to=archive)
+    first = {n: _provenance(out, n) for n in ("teacher_ft", "warm", "sft_s1")}
+    assert first["sft_s1"]["student_sha"] and "teacher_sha" not in first["sft_s1"]  # sft has no teacher
+    assert sorted(p.name for p in (archive / "runs").iterdir()) == ["sft_s1", "teacher_ft", "warm"]
+    assert not list(archive.rglob("*.safetensors")) and not list(archive.rglob("student"))
+    assert {p.name for p in (archive / "eval").glob("*.json")} == {"teacher.json", "sft_s1.json"}
+    assert len(list((archive / "eval").glob("sft_s1.*.jsonl"))) == 2  # the per-prompt answers: 2 seeds
+    teacher_eval = json.loads((archive / "eval" / "teacher.json").read_text())
+    assert teacher_eval["compare_model_sha"] == first["teacher_ft"]["student_sha"]
+
+    # session 2, a new machine: nothing but the archive; sft_s2 needs warm's weights, not the teacher's
+    shutil.rmtree(out)
+    logs.clear()
+    run_compare(copy.deepcopy(tree), only=["sft_s2"], log=logs.append, import_from=archive, export_to=archive)
+    assert any("import: 3 runs" in m for m in logs)
+    assert any("warm: imported without weights, which run sft_s2 needs" in m for m in logs)
+    assert not (out / "runs" / "teacher_ft" / "student").exists()  # imported, not needed, not trained
+    assert (out / "runs" / "warm" / "student").is_dir()
+    # the same seed on the same machine gives the same weights again
+    assert _provenance(out, "warm")["student_sha"] == first["warm"]["student_sha"]
+    res = json.loads((out / "results.json").read_text())
+    rows = {r["name"]: r for r in res["rows"]}
+    assert rows["teacher_ft"]["imported"] and not rows["sft_s2"]["imported"]
+    assert rows["sft_s1"]["rougeL"] and rows["teacher"]["rougeL"]  # imported evaluations are reported
+    assert res["headroom"][0]["runs_b"] == 2  # teacher − sft over both seeds, one from each session
+    assert "## Provenance" in (out / "report.md").read_text()
+
+    # session 3: fkd needs the tuned teacher's weights: it is tuned again, its imported evaluation dropped
+    shutil.rmtree(out)
+    logs.clear()
+    run_compare(copy.deepcopy(tree), only=["fkd_s1"], log=logs.append, import_from=archive)
+    assert any("teacher_ft: imported without weights, which run fkd_s1 needs" in m for m in logs)
+    assert not (out / "eval" / "teacher.json").exists()
+    tuned = _provenance(out, "teacher_ft")["student_sha"]
+    assert _provenance(out, "fkd_s1")["teacher_sha"] == tuned
+    assert tuned == first["teacher_ft"]["student_sha"]  # the teacher tuned again is the same (same machine)
+
+
+def test_import_into_a_grid_that_has_the_run_keeps_the_local_one(tiny_dirs, tiny_data, tmp_path):
+    out, archive = tmp_path / "g", tmp_path / "archive"
+    tree = _grid(tiny_dirs, tiny_data, out)
+    run_compare(copy.deepcopy(tree), only=["sft_s1"], log=lambda m: None, export_to=archive)
+    logs: list[str] = []
+    run_compare(copy.deepcopy(tree), report_only=True, log=logs.append, import_from=archive)
+    assert any("import: 0 runs" in m and "kept the local warm, sft_s1" in m for m in logs), logs
+    assert not (out / "runs" / "sft_s1" / "imported.json").exists()
+
+
+def test_teacher_copies_that_differ_are_said_in_the_report():
+    from okd.compare.report import _provenance_lines
+
+    rows = [{"name": "teacher", "kind": "reference", "model_sha": "aaaa"},
+            {"name": "fkd_s1", "kind": "run", "provenance": {"machine": "cpu A", "teacher_sha": "aaaa"}},
+            {"name": "fkd_s2", "kind": "run", "imported": True,
+             "provenance": {"machine": "cpu B", "teacher_sha": "bbbb"}}]
+    text = "\n".join(_provenance_lines(rows))
+    assert "different copies of the teacher" in text and "`bbbb`" in text and "cpu B" in text
+    assert "Every run trained on cpu A, against teacher weights `aaaa`." in "\n".join(_provenance_lines(rows[:2]))
+
+
+def test_import_of_a_folder_without_results_is_one_line(tiny_dirs, tiny_data, tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(OkdError) as info:
+        run_compare(_grid(tiny_dirs, tiny_data, tmp_path / "g"), report_only=True, log=lambda m: None,
+                    import_from=tmp_path / "empty")
+    assert "holds no exported results" in str(info.value) and "\n" not in str(info.value)
