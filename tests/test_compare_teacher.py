@@ -60,6 +60,13 @@ def test_only_a_student_run_does_not_train_the_teacher(tiny_dirs, tiny_data, tmp
     assert pick("sft_s1").train == ["warm", "sft_s1"]
     assert pick("teacher").train == ["teacher_ft"] and pick("teacher").references == {"teacher"}
     assert pick("fkd_s2").train == ["teacher_ft", "warm", "fkd_s2"]
+    # the tuning run named is the teacher row: evaluated once, as "teacher", never under its own name
+    from okd.compare.execute import _models_to_evaluate
+
+    assert pick("teacher_ft").references == {"teacher"}
+    assert [label for label, _, _ in _models_to_evaluate(plan, pick("teacher_ft"))] == ["teacher"]
+    assert "teacher_ft" not in [label for label, _, _ in _models_to_evaluate(plan, _select(plan, None, dry_run=True,
+                                                                                          log=lambda m: None))]
 
 
 @pytest.mark.parametrize("mutate, message", [

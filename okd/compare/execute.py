@@ -272,8 +272,8 @@ def _models_to_evaluate(plan: Plan, selection: Selection) -> list[tuple[str, str
     seen: set[str] = set()
     for r in plan.runs:
         t = plan.trained(r)
-        if r.name not in selection.evaluate or t.name in seen:
-            continue
+        if r.name not in selection.evaluate or t.name in seen or r.name == plan.spec.teacher_from:
+            continue  # (the tuned teacher is evaluated as the teacher row)
         seen.add(t.name)
         models.append((t.name, str(t.dir / "student"),
                        t.name in xruns or any(x.same_as == t.name and x.name in xruns for x in plan.runs)
@@ -320,8 +320,10 @@ def _select(plan: Plan, only: list[str] | None, *, dry_run: bool, log: Log) -> S
         raise OkdError(f"--only: no run named {', '.join(map(repr, unknown))} in the grid; runs: "
                        f"{', '.join(names)}{''.join(f', {r}' for r in sorted(refs))}")
     wanted = {n for n in only if n in names}
-    if "teacher" in only and plan.spec.teacher_from:  # the teacher row evaluates that run's model
-        wanted.add(plan.spec.teacher_from)
+    tuned = plan.spec.teacher_from  # the teacher row evaluates that run's model: either name selects both
+    if tuned and ("teacher" in only or tuned in only):
+        wanted.add(tuned)
+        only = [*only, "teacher"] if "teacher" in refs and "teacher" not in only else only
     changed = True
     while changed:
         changed = False
