@@ -26,7 +26,7 @@ GENERATING_METHODS = ("seqkd", "imitkd", "gkd", "distillm", "minillm")
 # The distribution divergences of okd.losses.token_divergence (DESIGN.md §1); a method may also train on "ce".
 DIVERGENCES = ("fkl", "rkl", "jsd", "tvd", "skl", "srkl")
 MODULE_KL_WEIGHTS = ("uniform", "teacher_miss")  # online.kl_weight (okd.losses.closed_form.module_kl_weight)
-CROSS_TOKENIZER_METHODS = ("fkd", "rkd", "jsd", "okd")  # method.cross_tokenizer: ground-truth KD, okd online
+CROSS_TOKENIZER_METHODS = ("fkd", "rkd", "jsd", "gkd", "okd")  # method.cross_tokenizer: ground-truth KD (gkd at λ 0)
 
 # What each method trains with when `method.divergence` / `method.teacher` are left unset.
 METHOD_DEFAULTS: dict[str, tuple[str, str]] = {
@@ -127,7 +127,7 @@ class MethodConfig(Section):
     beta: Fraction = 0.5  # jsd(β)
     alpha: Fraction = 0.1  # skl/srkl skew
     ce_weight: NonNegative = 0.0  # extra ground-truth CE on the student, for the divergence methods
-    # Teacher and student with different tokenizers (okd.crosstok; fkd/rkd/jsd frozen, okd online): "off" refuses
+    # Teacher and student with different tokenizers (okd.crosstok; fkd/rkd/jsd/gkd frozen, okd online): "off" refuses
     # them. hybrid (recommended): the exact method.divergence over the shared vocabulary wherever one token
     # on each side spells the same bytes (everywhere, with identical tokenizers: then it is fkd/rkd/jsd
     # itself), ULD elsewhere; uld: the sorted-probability distance at every aligned group (no shared
@@ -273,10 +273,12 @@ class Config(Section):
             raise ValueError(f"method.teacher: method {m.name!r} needs a teacher; leave method.teacher unset "
                              "(or frozen / online) and set teacher.path")
         if m.cross_tokenizer != "off" and (m.name not in CROSS_TOKENIZER_METHODS or self.teacher.cache
-                                           or (m.resolved_teacher == "online") != (m.name == "okd")):
+                                           or (m.resolved_teacher == "online") != (m.name == "okd")
+                                           or (m.name == "gkd" and m.lmbda > 0)):  # (no student samples yet)
             raise ValueError(f"method.cross_tokenizer={m.cross_tokenizer} distils across tokenizers with the "
-                             f"ground-truth methods {', '.join(CROSS_TOKENIZER_METHODS)} only (okd online, the others frozen; not "
-                             f"method.name={m.name} with teacher {m.resolved_teacher}"
+                             f"ground-truth methods {', '.join(CROSS_TOKENIZER_METHODS)} only (okd online, the others frozen, "
+                             f"gkd at method.lmbda=0; not method.name={m.name} with teacher {m.resolved_teacher}"
+                             f"{f', lmbda {m.lmbda:g}' if m.name == 'gkd' else ''}"
                              f"{', teacher.cache' if self.teacher.cache else ''}); use one of them, or "
                              "method.cross_tokenizer=off")
         return self

@@ -17,6 +17,7 @@ from okd.methods import Models, build_method
 from okd.methods.base import scored_index
 from okd.methods.crosstok import CrossTokenizerKD, OnlineCrossTokenizerKD
 from okd.methods.kd import FrozenTeacherKD
+from okd.methods.onpolicy import GKD
 from okd.models.loading import load_model, load_tokenizer
 from okd.train import train
 
@@ -61,22 +62,22 @@ def _grads(model):
     return [p.grad.clone() for p in model.parameters() if p.grad is not None]
 
 
-def test_identical_tokenizers_equal_fkd(base_overrides):
-    """hybrid through the cross-tokenizer path (own encoding, alignment, collator, groups) = fkd's
-    FrozenTeacherKD on the same batch: loss and every student gradient, at τ = 2 with a CE weight."""
+@pytest.mark.parametrize("method", [["method.name=fkd"], ["method.name=gkd", "method.lmbda=0", "method.beta=0.3"]])
+def test_identical_tokenizers_equal_the_same_tokenizer_method(base_overrides, method):
+    """hybrid through the cross-tokenizer path (own encoding, alignment, collator, groups) = the method's own
+    loss on the same batch (fkd's FrozenTeacherKD; gkd at λ = 0, its ground-truth batches: jsd(β)): loss and
+    every student gradient, at τ = 2 with a CE weight."""
     base_overrides = base_overrides + ["data.max_length=320"]  # whole prompts: rows of different lengths, padded
-    cfg = build_config({}, base_overrides + ["method.name=fkd", "method.cross_tokenizer=hybrid",
-                                             "method.temperature=2.0", "method.ce_weight=0.3",
-                                             "train.loss_chunk_size=7"])
+    common = method + ["method.temperature=2.0", "method.ce_weight=0.3", "train.loss_chunk_size=7"]
+    cfg = build_config({}, base_overrides + common + ["method.cross_tokenizer=hybrid"])
     tok = load_tokenizer(cfg.student)
     student, teacher = load_model(cfg.student), load_model(cfg.teacher).requires_grad_(False)
     models = Models(student=student, teacher=teacher, tokenizer=tok, vocab_size=len(tok))
     cross = build_method(cfg, models)
     assert isinstance(cross, CrossTokenizerKD)
     cross.attach_teacher_tokenizer(load_tokenizer(cfg.teacher))
-    plain = FrozenTeacherKD(cfg=build_config({}, base_overrides + ["method.name=fkd", "method.temperature=2.0",
-                                                                    "method.ce_weight=0.3",
-                                                                    "train.loss_chunk_size=7"]), models=models)
+    plain = build_method(build_config({}, base_overrides + common), models)
+    assert isinstance(plain, FrozenTeacherKD if method == ["method.name=fkd"] else GKD)
     feats, stats = encode_pairs(load_examples(cfg.data.train)[:6], tok, tok, "alpaca", "alpaca", cfg.data.max_length)
     assert stats["teacher_unaligned"] == stats["student_unaligned"] == 0
     assert stats["one_to_one_groups"] == stats["response_tokens"]
@@ -85,9 +86,9 @@ def test_identical_tokenizers_equal_fkd(base_overrides):
     batch["scored_index"] = scored_index(batch["labels"])
     norm = float(len(batch["scored_index"]))
     results = []
-    for method in (plain, cross):
+    for way in (plain, cross):
         student.zero_grad()
-        loss = method.losses(batch, norm)["student"]
+        loss = way.losses(batch, norm)["student"]
         loss.backward()
         results.append((loss.detach(), _grads(student)))
     (l_plain, g_plain), (l_cross, g_cross) = results
@@ -162,13 +163,14 @@ def _losses(out) -> list[float]:
     return [json.loads(line)["loss"] for line in (out / "metrics.jsonl").read_text().splitlines()]
 
 
-@pytest.mark.parametrize("loss", ["hybrid", "uld", "span"])
-def test_trains_across_tokenizers(base_overrides, other_teacher, tmp_path, loss):
-    """fkd with a teacher whose tokenizer differs: finite losses that go down over 10 steps, the
+@pytest.mark.parametrize("loss, method", [("hybrid", "fkd"), ("uld", "fkd"), ("span", "fkd"), ("hybrid", "gkd")])
+def test_trains_across_tokenizers(base_overrides, other_teacher, tmp_path, loss, method):
+    """fkd (gkd at λ = 0) with a teacher whose tokenizer differs: finite losses that go down over 10 steps, the
     alignment's unaligned-token counts in summary.json, the student saved."""
-    out = tmp_path / f"run_{loss}"
+    out = tmp_path / f"run_{loss}_{method}"
     overrides = [o for o in base_overrides if not o.startswith(("output_dir=", "train.max_steps="))]
-    train(build_config({}, overrides + [f"teacher.path={other_teacher}", "method.name=fkd",
+    overrides += ["method.lmbda=0"] if method == "gkd" else []
+    train(build_config({}, overrides + [f"teacher.path={other_teacher}", f"method.name={method}",
                                         f"method.cross_tokenizer={loss}", "train.max_steps=10", "train.lr=3e-3",
                                         "train.eval_every=0", "data.valid_limit=4", f"output_dir={out}"]),
           progress=False)
@@ -218,11 +220,14 @@ def test_cross_tokenizer_refused_outside_ground_truth_kd(base_overrides):
     """fkd/rkd/jsd with a frozen teacher and okd online only: seqkd, tvd, okd with a frozen teacher and fkd
     with an online one are refused with one line; so is okd's per-token online.kl_weight."""
     for extra in (["method.name=seqkd"], ["method.name=tvd"], ["method.name=okd", "method.teacher=frozen"],
-                  ["method.name=fkd", "method.teacher=online"]):
+                  ["method.name=fkd", "method.teacher=online"], ["method.name=gkd", "method.lmbda=0.5"]):
         with pytest.raises(OkdError) as err:
             build_config({}, base_overrides + extra + ["method.cross_tokenizer=hybrid"])
         assert "method.cross_tokenizer" in str(err.value) and "\n" not in str(err.value)
     build_config({}, base_overrides + ["method.name=rkd", "method.cross_tokenizer=span"])
+    with pytest.raises(OkdError, match="gkd at method.lmbda=0; not method.name=gkd with teacher frozen, lmbda 0.5"):
+        build_config({}, base_overrides + ["method.name=gkd", "method.lmbda=0.5", "method.cross_tokenizer=uld"])
+    build_config({}, base_overrides + ["method.name=gkd", "method.lmbda=0", "method.cross_tokenizer=uld"])
     # the default spelled out: YAML reads a bare `off` as false
     assert build_config({}, base_overrides + ["method.cross_tokenizer=off"]).method.cross_tokenizer == "off"
     cfg = build_config({}, base_overrides + ["method.name=okd", "method.cross_tokenizer=uld",

@@ -34,7 +34,7 @@ def method_class(cfg: Config) -> type[Method]:
         raise OkdError(f"method.divergence=ce is the ground-truth cross-entropy, which {name} does not train on: it "
                        "distils a teacher distribution with fkl, rkl, jsd, tvd, skl or srkl; choose one of them (add "
                        "CE with method.ce_weight), or method.name=sft")
-    if cfg.method.cross_tokenizer != "off":  # (okd.config allows it with frozen fkd/rkd/jsd and online okd)
+    if cfg.method.cross_tokenizer != "off":  # (okd.config: frozen fkd/rkd/jsd, gkd at λ 0, online okd)
         return OnlineCrossTokenizerKD if teacher == "online" else CrossTokenizerKD
     if cfg.teacher.cache:  # the frozen teacher's side read from `okd teacher cache` output
         check_cache_method(cfg)

@@ -1,4 +1,4 @@
-"""Word-level KD across tokenizers (method.cross_tokenizer): fkd, rkd, jsd against a frozen teacher, and
+"""Word-level KD across tokenizers (method.cross_tokenizer): fkd, rkd, jsd, gkd (λ 0) with a frozen teacher, and
 okd's online teacher (OnlineCrossTokenizerKD).
 
 The batch (okd.crosstok.data.CrossCollator) holds both sides' padded batches and the groups of tokens
