@@ -272,14 +272,13 @@ class Config(Section):
         if m.resolved_teacher == "none" and m.name != "sft":
             raise ValueError(f"method.teacher: method {m.name!r} needs a teacher; leave method.teacher unset "
                              "(or frozen / online) and set teacher.path")
-        if m.cross_tokenizer != "off" and (m.name not in CROSS_TOKENIZER_METHODS or self.teacher.cache
+        if m.cross_tokenizer != "off" and (m.name not in CROSS_TOKENIZER_METHODS
                                            or (m.resolved_teacher == "online") != (m.name == "okd")
                                            or (m.name == "gkd" and m.lmbda > 0)):  # (no student samples yet)
             raise ValueError(f"method.cross_tokenizer={m.cross_tokenizer} distils across tokenizers with the "
                              f"ground-truth methods {', '.join(CROSS_TOKENIZER_METHODS)} only (okd online, the others frozen, "
                              f"gkd at method.lmbda=0; not method.name={m.name} with teacher {m.resolved_teacher}"
-                             f"{f', lmbda {m.lmbda:g}' if m.name == 'gkd' else ''}"
-                             f"{', teacher.cache' if self.teacher.cache else ''}); use one of them, or "
+                             f"{f', lmbda {m.lmbda:g}' if m.name == 'gkd' else ''}); use one of them, or "
                              "method.cross_tokenizer=off")
         return self
 

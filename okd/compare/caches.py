@@ -50,8 +50,11 @@ def can_use_cache(cfg: Config) -> bool:
 
 
 def cache_key(cfg: Config) -> dict:
-    return {"teacher": cfg.teacher.model_dump(mode="json", exclude={"cache"}),
-            "data": {k: getattr(cfg.data, k) for k in DATA_KEYS}}
+    key = {"teacher": cfg.teacher.model_dump(mode="json", exclude={"cache"}),
+           "data": {k: getattr(cfg.data, k) for k in DATA_KEYS}}
+    if cfg.method.cross_tokenizer != "off":  # a cache on the teacher's tokens, aligned with this student's
+        key["cross_tokenizer"] = {"student": cfg.student.path, "teacher_template": cfg.data.teacher_template}
+    return key
 
 
 def assign_teacher_cache(name: str, cfg: Config, spec, out: Path, plans: dict[str, TeacherCachePlan]) -> Config:

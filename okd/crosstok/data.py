@@ -180,3 +180,9 @@ def groups_of(batch: dict) -> Groups:
     """The Groups a CrossCollator batch carries (on the batch's device; the two unaligned counts stay
     0-dim tensors, so that nothing waits for the device: the losses do not read them)."""
     return Groups(*(batch[k] for k in GROUP_KEYS))
+
+
+def teacher_side(features: list[dict]) -> list[dict]:
+    """The teacher's encoding of paired features as features of its own (what a cross-tokenizer teacher
+    cache is built on and checked against)."""
+    return [{"input_ids": f["teacher_input_ids"], "labels": f["teacher_labels"]} for f in features]

@@ -1,7 +1,8 @@
 """Cross-tokenizer distillation losses over aligned groups, one value per group; the caller reduces.
 
 Inputs are flat logits, teacher [N_t, V_t] and student [N_s, V_s], rows as in okd.crosstok.align.Groups
-(a row predicts the token `labels[row]`). The teacher is frozen here: its side runs under no_grad.
+(a row predicts the token `labels[row]`). The teacher is frozen here: its side runs under no_grad, and
+may instead come from a teacher cache (okd.crosstok.cached.CachedTeacher, in place of its logits).
 Memory: chunk by chunk of rows, the teacher's quantities are computed and its [chunk, V_t] rows freed
 before the student's chunk is used, so no full-vocabulary tensor of both models exists for all rows.
 The student's selected rows are one index_select (autograd keeps what each chunk's backward needs).
@@ -41,7 +42,7 @@ import torch
 import torch.nn.functional as F
 
 from okd.crosstok.align import Groups
-from okd.crosstok.merge import group_logprobs, row_chunks
+from okd.crosstok.merge import group_logprobs, row_chunks, span_logprobs, token_logprobs
 from okd.crosstok.vocab import SharedVocab
 from okd.losses.chunked import CHUNK_SIZE
 from okd.losses.divergence import token_divergence
@@ -76,14 +77,43 @@ def sorted_l1(p: torch.Tensor, p_tail: torch.Tensor, q: torch.Tensor, q_tail: to
     return (p - q).abs().sum(-1) + (p_tail - q_tail).abs()
 
 
+class LogitTeacher:
+    """A frozen teacher's side from its logits [N_t, V_t] (or okd.methods.crosstok.RowLogits) and the token
+    each row predicts [N_t]; okd.crosstok.cached.CachedTeacher answers the same from a teacher cache."""
+
+    def __init__(self, logits, labels=None):
+        self.logits, self.labels = logits, labels
+        self.top_k, self.device = logits.shape[-1], logits.device
+
+    def sorted_probs(self, rows, k, temperature):
+        with torch.no_grad():
+            return sorted_probs(self.logits.index_select(0, rows), k, temperature)
+
+    def shared_divergence(self, kind, zs, rows, shared, **kw):
+        with torch.no_grad():
+            zt = self.logits.index_select(0, rows).index_select(1, shared.teacher.to(self.logits.device))
+        return token_divergence(kind, zs, zt.to(zs.device), **kw)
+
+    def token_logprobs(self, rows, chunk_size):
+        with torch.no_grad():
+            return token_logprobs(self.logits, self.labels, rows, chunk_size=chunk_size)
+
+
+def as_teacher(teacher, labels=None):
+    """A teacher's side as the losses take it: a LogitTeacher or a CachedTeacher as is, logits wrapped."""
+    return teacher if hasattr(teacher, "sorted_probs") else LogitTeacher(teacher, labels)
+
+
 def uld_loss(student_logits, teacher_logits, student_rows, teacher_rows, *, k: int = ULD_TOP_K,
              temperature: float = 1.0, chunk_size: int = CHUNK_SIZE) -> PerGroup:
-    """ULD_k between the student's and the teacher's distributions at paired rows [P] -> PerGroup of [P]."""
-    student_rows, teacher_rows = student_rows.to(student_logits.device), teacher_rows.to(teacher_logits.device)
+    """ULD_k between the student's and the teacher's distributions at paired rows [P] -> PerGroup of [P]
+    (k at most the ranks a cached teacher holds: both sides take the same k)."""
+    teacher = as_teacher(teacher_logits)
+    k = min(k, teacher.top_k)
+    student_rows, teacher_rows = student_rows.to(student_logits.device), teacher_rows.to(teacher.device)
     out = []
     for tr, zs in zip(torch.split(teacher_rows, chunk_size), row_chunks(student_logits, student_rows, chunk_size)):
-        with torch.no_grad():
-            p, p_tail = sorted_probs(teacher_logits.index_select(0, tr), k, temperature)
+        p, p_tail = teacher.sorted_probs(tr, k, temperature)
         q, q_tail = sorted_probs(zs, k, temperature)
         out.append(sorted_l1(p.to(q.device), p_tail.to(q.device), q, q_tail))
     values = torch.cat(out) if out else student_logits.new_zeros(0, dtype=_dtype(student_logits))
@@ -95,13 +125,11 @@ def span_uld_loss(student_logits, teacher_logits, groups: Groups, **kw) -> PerGr
     return uld_loss(student_logits, teacher_logits, groups.s_first, groups.t_first, **kw)
 
 
-def _shared_divergence(kind, student_logits, teacher_logits, s_rows, t_rows, shared, chunk_size, **kw):
-    s_ids, t_ids = shared.student.to(student_logits.device), shared.teacher.to(teacher_logits.device)
+def _shared_divergence(kind, student_logits, teacher, s_rows, t_rows, shared, chunk_size, **kw):
+    s_ids = shared.student.to(student_logits.device)
     out = []
     for tr, zs in zip(torch.split(t_rows, chunk_size), row_chunks(student_logits, s_rows, chunk_size)):
-        with torch.no_grad():
-            zt = teacher_logits.index_select(0, tr).index_select(1, t_ids)
-        out.append(token_divergence(kind, zs.index_select(1, s_ids), zt.to(zs.device), **kw))
+        out.append(teacher.shared_divergence(kind, zs.index_select(1, s_ids), tr, shared, **kw))
     return torch.cat(out) if out else student_logits.new_zeros(0, dtype=_dtype(student_logits))
 
 
@@ -112,15 +140,16 @@ def hybrid_loss(student_logits, teacher_logits, groups: Groups, shared: SharedVo
 
     labels: [N] the token each row predicts (student_labels[groups.s_first] is a group's student token).
     """
-    dev, tdev = student_logits.device, teacher_logits.device
+    teacher = as_teacher(teacher_logits)
+    dev, tdev = student_logits.device, teacher.device
     s_first, t_first = groups.s_first.to(dev), groups.t_first.to(dev)
     s2t = torch.full((student_logits.shape[-1],), -1, dtype=torch.long, device=dev)
     s2t[shared.student.to(dev)] = shared.teacher.to(dev)
     exact = groups.one_to_one.to(dev) & (s2t[student_labels.to(dev)[s_first]] == teacher_labels.to(dev)[t_first])
     e, u = torch.nonzero(exact).flatten(), torch.nonzero(~exact).flatten()
-    v_e = _shared_divergence(kind, student_logits, teacher_logits, s_first[e], t_first[e].to(tdev), shared,
+    v_e = _shared_divergence(kind, student_logits, teacher, s_first[e], t_first[e].to(tdev), shared,
                              chunk_size, temperature=temperature, beta=beta, alpha=alpha)
-    v_u = uld_loss(student_logits, teacher_logits, s_first[u], t_first[u], k=k, temperature=temperature,
+    v_u = uld_loss(student_logits, teacher, s_first[u], t_first[u], k=k, temperature=temperature,
                    chunk_size=chunk_size).values
     values = torch.zeros(len(exact), dtype=torch.promote_types(v_e.dtype, v_u.dtype), device=dev)
     values = values.index_copy(0, e, v_e.to(values.dtype)).index_copy(0, u, v_u.to(values.dtype))
@@ -156,9 +185,9 @@ def span_loss(student_logits, teacher_logits, groups: Groups, student_labels, te
               how: str = "bkl", chunk_size: int = CHUNK_SIZE) -> PerGroup:
     """span_divergence of every group's chain-rule log-probabilities (teacher detached) -> PerGroup of [G]."""
     g = len(groups.t_first)
-    with torch.no_grad():
-        lt = group_logprobs(teacher_logits, teacher_labels, groups.t_tokens, groups.t_token_group, g,
-                            chunk_size=chunk_size)
+    teacher = as_teacher(teacher_logits, teacher_labels)
+    lt = span_logprobs(teacher.token_logprobs(groups.t_tokens.to(teacher.device), chunk_size),
+                       groups.t_token_group.to(teacher.device), g)
     ls = group_logprobs(student_logits, student_labels, groups.s_tokens, groups.s_token_group, g,
                         chunk_size=chunk_size)
     values = span_divergence(ls, lt.to(ls.device), how)

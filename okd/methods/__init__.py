@@ -12,7 +12,7 @@ from okd.config import GENERATING_METHODS, Config
 from okd.errors import OkdError
 from okd.methods.base import Method, Models
 from okd.methods.cached import CachedTeacherKD, check_cache_method
-from okd.methods.crosstok import CrossTokenizerKD, OnlineCrossTokenizerKD
+from okd.methods.crosstok import CachedCrossTokenizerKD, CrossTokenizerKD, OnlineCrossTokenizerKD
 from okd.methods.distillm import DistiLLM
 from okd.methods.kd import SFT, FrozenTeacherKD
 from okd.methods.minillm import MiniLLM
@@ -35,6 +35,9 @@ def method_class(cfg: Config) -> type[Method]:
                        "distils a teacher distribution with fkl, rkl, jsd, tvd, skl or srkl; choose one of them (add "
                        "CE with method.ce_weight), or method.name=sft")
     if cfg.method.cross_tokenizer != "off":  # (okd.config: frozen fkd/rkd/jsd, gkd at λ 0, online okd)
+        if cfg.teacher.cache:
+            check_cache_method(cfg)
+            return CachedCrossTokenizerKD
         return OnlineCrossTokenizerKD if teacher == "online" else CrossTokenizerKD
     if cfg.teacher.cache:  # the frozen teacher's side read from `okd teacher cache` output
         check_cache_method(cfg)

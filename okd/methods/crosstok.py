@@ -86,20 +86,46 @@ class CrossTokenizerKD(Method):
             per = span_loss(zs, zt, groups, s_labels, t_labels, chunk_size=chunk)
         return per.values
 
+    def teacher_side(self, batch, t_scored):
+        """The frozen teacher's logits of its scored rows, on its own tokens (as RowLogits)."""
+        with torch.no_grad():
+            h_t = scored_hidden(self.models.teacher, batch, t_scored, side="teacher_")
+        return RowLogits(h_t, head(self.models.teacher, self.teacher_vocab_size).detach())
+
     def losses(self, batch, norm):
         models, m = self.models, self.cfg.method
         scored = Scored.of(batch)
         t_scored = Scored.from_labels(batch["teacher_labels"], batch.get("teacher_scored_index"))
-        with torch.no_grad():  # the frozen teacher, on its own tokens
-            h_t = scored_hidden(models.teacher, batch, t_scored, side="teacher_")
+        zt = self.teacher_side(batch, t_scored)
         h_s = scored_hidden(models.student, batch, scored)
         w_s = head(models.student, models.vocab_size)
-        zt = RowLogits(h_t, head(models.teacher, self.teacher_vocab_size).detach())
         values = self.group_values(RowLogits(h_s, w_s), zt, groups_of(batch), scored.targets, t_scored.targets)
         loss = self.tau2 * values.sum()
         if m.ce_weight:
             loss = loss + m.ce_weight * ce_of_hidden(h_s, w_s, scored.targets, self.cfg.train.loss_chunk_size)
         return {"student": loss / norm}
+
+
+class CachedCrossTokenizerKD(CrossTokenizerKD):
+    """CrossTokenizerKD with the teacher's side read from a cache built on the teacher's own tokens
+    (teacher.cache; okd.crosstok.cached): no teacher model is loaded. At the cache's top-k, ULD and the
+    span term equal the live teacher's; the hybrid's exact part is the top-k + rest-of-M bucket bound,
+    exact when the cache holds all of the shared vocabulary (`--top-k all`)."""
+
+    name = "crosstok-cached"
+
+    def teacher_side(self, batch, t_scored):
+        from okd.crosstok.cached import CachedTeacher
+
+        cache = self.models.teacher_cache
+        if "example_index" not in batch:
+            raise OkdError("teacher.cache needs each training example's index in its batch (batch['example_index'])")
+        rows = cache.rows("train", batch["example_index"], CachedTeacher.NAMES)
+        if rows["ids"].shape[0] != t_scored.targets.shape[0]:
+            raise OkdError(f"teacher cache {cache.directory} holds {rows['ids'].shape[0]} teacher tokens for this "
+                           f"batch, the batch has {t_scored.targets.shape[0]}: it was built on other data; rebuild it")
+        return CachedTeacher(rows, vocab_size=cache.vocab_size, shared_size=cache.manifest["shared_vocab"]["size"],
+                             temperatures=cache.tail_temperatures, device=t_scored.targets.device)
 
 
 def swapped(groups: Groups) -> Groups:

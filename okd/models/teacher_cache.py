@@ -17,6 +17,12 @@ Layout of DIR:
       log_tail [n, m]  float32: log Σ_{j outside the top k} p_j^(1/τ) for each τ of manifest
                        `tail_temperatures` (τ = 1 first: the log of the remaining mass); −inf when k = V
       offsets  [e + 1] int64: example i of the shard owns rows offsets[i]:offsets[i+1]
+    and, in a cache for a cross-tokenizer run (built on the teacher's own tokens, okd.crosstok.cached):
+      label_logp      [n]     float32: log p at τ = 1 of the token the row predicts (the span term's chain rule)
+      shared_ids      [n, k'] int32: the top-k' of the distribution restricted to the shared vocabulary and
+                              renormalised there (k' = min(k, |M|)), as indices into the manifest's M
+      shared_logp     [n, k'] float16 (or float32): their log p̃ at τ = 1
+      shared_log_tail [n, m]  float32: log Σ_{M outside the top k'} p̃^(1/τ) per stored τ
   <split>.digests.bin       an 8-byte digest of every example's (input_ids, labels), in order
 """
 
@@ -86,24 +92,43 @@ def read_shard(path: Path, expect_bytes: int | None = None) -> dict[str, np.ndar
 
 # ----------------------------------------------------------------------------- building
 
-def _top_k_rows(h, weight, k, temperatures, dtypes, chunk=512):
-    """Top-k ids, their log p (τ = 1) and log Σ_{tail} p^(1/τ) per τ for hidden rows h [N, H] (no grad),
-    as numpy arrays in `dtypes`, converted chunk by chunk (so k = V stays within memory)."""
+def _top_k(logp, k, temperatures):
+    """(top-k ids, their log p, log Σ_{the rest} p^(1/τ) per τ) of log-probability rows (logp is overwritten)."""
     import torch
 
-    out = ([], [], [])
+    lp, top = logp.topk(k, dim=-1)
+    rest = logp.scatter_(1, top, float("-inf"))
+    return top, lp, torch.stack([torch.logsumexp(rest if t == 1.0 else rest / t, -1) for t in temperatures], -1)
+
+
+def _top_k_rows(h, weight, k, temperatures, dtypes, chunk=512, labels=None, shared=None):
+    """Top-k ids, their log p (τ = 1) and log Σ_{tail} p^(1/τ) per τ for hidden rows h [N, H] (no grad),
+    as numpy arrays in `dtypes`, converted chunk by chunk (so k = V stays within memory). With `shared`
+    (the teacher ids of a cross-tokenizer pair's shared vocabulary M) and `labels` [N] (the token each row
+    predicts) also label_logp and the top-k of the distribution renormalised over M (module doc)."""
+    import torch
+
+    names = ["ids", "logp", "log_tail"] + (["label_logp", "shared_ids", "shared_logp", "shared_log_tail"]
+                                           if shared is not None else [])
+    types = list(dtypes) + [np.float32, np.int32, dtypes[1], np.float32]
+    out: dict = {n: [] for n in names}
     for i in range(0, h.shape[0], chunk):
         logp = torch.log_softmax(h[i:i + chunk].float() @ weight.t(), dim=-1)
-        lp, top = logp.topk(k, dim=-1)
-        rest = logp.scatter_(1, top, float("-inf"))
-        tail = torch.stack([torch.logsumexp(rest if t == 1.0 else rest / t, -1) for t in temperatures], -1)
-        for acc, x, d in zip(out, (top, lp, tail), dtypes):
-            acc.append(x.cpu().numpy().astype(d))
-    return [np.concatenate(a) if a else np.zeros((0, w), d) for a, w, d in zip(out, (k, k, len(temperatures)), dtypes)]
+        if shared is not None:
+            out["label_logp"].append(logp.gather(1, labels[i:i + chunk, None]).squeeze(1))
+            on_m = torch.log_softmax(logp.index_select(1, shared), dim=-1)
+            for n, x in zip(names[4:], _top_k(on_m, min(k, len(shared)), temperatures)):
+                out[n].append(x)
+        for n, x in zip(names[:3], _top_k(logp, k, temperatures)):
+            out[n].append(x)
+    return {n: np.concatenate([x.cpu().numpy().astype(d) for x in out[n]]) if out[n] else np.zeros(0, d)
+            for n, d in zip(names, types)}
 
 
-def _score_examples(teacher, features, *, vocab_size, k, temperatures, pad_id, batch_size, device, dtypes):
-    """Per example (in the given order): numpy (ids [n_i, k], logp [n_i, k], log_tail [n_i, m]) in `dtypes`."""
+def _score_examples(teacher, features, *, vocab_size, k, temperatures, pad_id, batch_size, device, dtypes,
+                    shared=None):
+    """Per example (in the given order): {name: numpy rows} (ids [n_i, k], logp [n_i, k], log_tail [n_i, m]
+    in `dtypes`; and _top_k_rows' cross-tokenizer arrays with `shared`)."""
     import torch
 
     from okd.data.batching import Collator
@@ -119,17 +144,18 @@ def _score_examples(teacher, features, *, vocab_size, k, temperatures, pad_id, b
         mask = batch["labels"][:, 1:] != -100
         with torch.no_grad():
             hidden = final_hidden(teacher, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            rows = _top_k_rows(hidden[:, :-1][mask.to(device)], weight, k, temperatures, dtypes)
+            rows = _top_k_rows(hidden[:, :-1][mask.to(device)], weight, k, temperatures, dtypes,
+                               labels=batch["labels"][:, 1:][mask].to(device),
+                               shared=None if shared is None else shared.to(device))
         starts = np.cumsum([0] + mask.sum(1).tolist())
         for j, i in enumerate(idx):
-            out[i] = tuple(r[starts[j]:starts[j + 1]] for r in rows)
+            out[i] = {n: r[starts[j]:starts[j + 1]] for n, r in rows.items()}
     return out
 
 
 def _shard_arrays(scored) -> dict[str, np.ndarray]:
-    return {"ids": np.concatenate([s[0] for s in scored]), "logp": np.concatenate([s[1] for s in scored]),
-            "log_tail": np.concatenate([s[2] for s in scored]),
-            "offsets": np.cumsum([0] + [len(s[0]) for s in scored]).astype(np.int64)}
+    arrays = {n: np.concatenate([s[n] for s in scored]) for n in scored[0]}
+    return {**arrays, "offsets": np.cumsum([0] + [len(s["ids"]) for s in scored]).astype(np.int64)}
 
 
 def _shard_ok(path: Path, expected_counts: list[int], k: int) -> bool:
@@ -176,12 +202,14 @@ def describe_config(cfg, tokenizer) -> dict:
 
 def build_cache(out, *, teacher, tokenizer, splits: dict[str, list[dict]], depends_on: dict, vocab_size: int,
                 top_k: int = DEFAULT_TOP_K, temperatures=(1.0,), value_dtype: str = "float16",
-                batch_size: int = 8, shard_examples: int = SHARD_EXAMPLES, device=None, progress: bool = True) -> dict:
+                batch_size: int = 8, shard_examples: int = SHARD_EXAMPLES, device=None, progress: bool = True,
+                shared=None) -> dict:
     """Score every split with `teacher` and write DIR (module doc); returns the manifest.
 
     splits: {"train": features, "valid": features} in the trainer's order. depends_on: `describe_config`
     (teacher identity, tokenizer hash, template, max_length, per-split data records); the feature
-    digests and counts are added here. Resumes an interrupted build of the same fingerprint.
+    digests and counts are added here. Resumes an interrupted build of the same fingerprint. shared: the
+    teacher ids [|M|] of a cross-tokenizer pair's shared vocabulary (okd.crosstok.cached): the extra arrays.
     """
     import torch
     from tqdm.auto import tqdm
@@ -198,7 +226,8 @@ def build_cache(out, *, teacher, tokenizer, splits: dict[str, list[dict]], depen
     for s, f in splits.items():
         depends_on["data"][s].update(examples=len(f), features_sha256=hashlib.sha256(digests[s].tobytes()).hexdigest())
     fingerprint = {"depends_on": depends_on, "top_k": top_k, "vocab_size": vocab_size, "id_dtype": id_dtype.__name__,
-                   "value_dtype": value_dtype, "tail_temperatures": temperatures, "shard_examples": shard_examples}
+                   "value_dtype": value_dtype, "tail_temperatures": temperatures, "shard_examples": shard_examples,
+                   "shared_vocab": None if shared is None else shared_vocab_record(shared)}
     done = _start_or_resume(out, fingerprint)
     if done is not None:
         try:
@@ -221,7 +250,7 @@ def build_cache(out, *, teacher, tokenizer, splits: dict[str, list[dict]], depen
             if not _shard_ok(path, counts, top_k):
                 scored = _score_examples(teacher, part, vocab_size=vocab_size, k=top_k, temperatures=temperatures,
                                          pad_id=tokenizer.pad_token_id, batch_size=batch_size, device=device,
-                                         dtypes=(id_dtype, np.dtype(value_dtype), np.float32))
+                                         dtypes=(id_dtype, np.dtype(value_dtype), np.float32), shared=shared)
                 _write_shard(path, _shard_arrays(scored))
             shards.append({"file": path.name, "start": start, "end": start + len(part), "tokens": sum(counts),
                            "bytes": path.stat().st_size, "sha256": file_sha256(path)})
@@ -238,6 +267,12 @@ def build_cache(out, *, teacher, tokenizer, splits: dict[str, list[dict]], depen
     atomic_write(out / "manifest.json", json.dumps(manifest, indent=1).encode())
     (out / "build.json").unlink(missing_ok=True)
     return manifest
+
+
+def shared_vocab_record(shared) -> dict:
+    """What a cross-tokenizer cache records of the shared vocabulary's teacher ids (checked at training)."""
+    ids = np.asarray(shared, dtype=np.int64)
+    return {"size": len(ids), "sha256": hashlib.sha256(ids.tobytes()).hexdigest()}
 
 
 def check_top_k(k, vocab_size: int) -> int:
@@ -271,6 +306,12 @@ class TeacherCache:
         """(ids [N, k] long, logp [N, k] float32, log_tail [N, m] float32) for these examples' scored tokens,
         example by example in the given order, positions in order (= Scored.from_labels order); log_tail's
         columns are log Σ_tail p^(1/τ) for τ in `tail_temperatures`."""
+        rows = self.rows(split, example_indices, ("ids", "logp", "log_tail"))
+        return rows["ids"], rows["logp"], rows["log_tail"]
+
+    def rows(self, split: str, example_indices, names) -> dict:
+        """{name: tensor} of these arrays (module doc; ids as long, the rest float32) for these examples'
+        scored tokens, in lookup's order."""
         import torch
 
         if split not in self.shards:
@@ -286,9 +327,9 @@ class TeacherCache:
             s = int(np.searchsorted(starts, i, side="right")) - 1
             a = arrays[s]
             lo, hi = a["offsets"][i - starts[s]], a["offsets"][i - starts[s] + 1]
-            parts.append((a["ids"][lo:hi], a["logp"][lo:hi], a["log_tail"][lo:hi]))
-        return tuple(torch.from_numpy(np.concatenate([p[j] for p in parts]).astype(dtype))
-                     for j, dtype in enumerate((np.int64, np.float32, np.float32)))
+            parts.append([a[name][lo:hi] for name in names])
+        return {name: torch.from_numpy(np.concatenate([p[j] for p in parts]).astype(
+            np.int64 if name.endswith("ids") else np.float32)) for j, name in enumerate(names)}
 
     def check_features(self, split: str, features: list[dict]) -> None:
         """The run's features must be the cache's (or their first len(features), e.g. data.train_limit)."""
@@ -346,9 +387,11 @@ def _mismatch(cache: TeacherCache, what: str, built, now) -> OkdError:
                     f"{short(built)}, config: {short(now)}); {REBUILD}")
 
 
-def validate_cache(cache: TeacherCache, cfg, tokenizer, *, vocab_size: int | None = None) -> None:
+def validate_cache(cache: TeacherCache, cfg, tokenizer, *, vocab_size: int | None = None,
+                   template: str | None = None) -> None:
     """Refuse a cache built for another teacher, tokenizer, template, max_length, data or vocabulary.
-    (The features themselves are checked by `cache.check_features` once tokenised.)"""
+    (The features themselves are checked by `cache.check_features` once tokenised.) template: the one the
+    cached tokens were formatted with (default data.template; a cross-tokenizer cache: the teacher's)."""
     dep = cache.manifest["depends_on"]
     if cfg.teacher.path:
         now = teacher_identity(cfg.teacher)
@@ -358,7 +401,7 @@ def validate_cache(cache: TeacherCache, cfg, tokenizer, *, vocab_size: int | Non
                 raise _mismatch(cache, what, dep["teacher"].get(key), now[key])
     if dep["tokenizer_sha256"] != tokenizer_sha256(tokenizer):
         raise _mismatch(cache, "the tokenizer", dep["tokenizer_sha256"], tokenizer_sha256(tokenizer))
-    for key, now in (("template", cfg.data.template), ("max_length", cfg.data.max_length)):
+    for key, now in (("template", template or cfg.data.template), ("max_length", cfg.data.max_length)):
         if dep[key] != now:
             raise _mismatch(cache, f"data.{key}", dep[key], now)
     built = dep["data"].get("train", {})
@@ -367,3 +410,22 @@ def validate_cache(cache: TeacherCache, cfg, tokenizer, *, vocab_size: int | Non
         raise _mismatch(cache, "data.train (file contents)", built["sha256"], now)
     if vocab_size is not None and vocab_size != cache.vocab_size:
         raise _mismatch(cache, "the vocabulary size", cache.vocab_size, vocab_size)
+
+
+def validate_cross_cache(cache: TeacherCache, cfg, teacher_tokenizer, student_tokenizer, shared) -> None:
+    """A cache for a method.cross_tokenizer run: built on the teacher's tokens (validate_cache with its
+    tokenizer and template), for this student's tokenizer and template, with this shared vocabulary."""
+    from okd.crosstok.data import teacher_template
+
+    dep = cache.manifest["depends_on"].get("cross_tokenizer")
+    if dep is None:
+        raise OkdError(f"teacher cache {cache.directory} was built for a run without method.cross_tokenizer (on the "
+                       f"student's tokens); {REBUILD}")
+    validate_cache(cache, cfg, teacher_tokenizer, vocab_size=len(teacher_tokenizer),
+                   template=teacher_template(cfg, teacher_tokenizer))
+    for what, built, now in (("the student's tokenizer", dep["student_tokenizer_sha256"],
+                              tokenizer_sha256(student_tokenizer)),
+                             ("data.template", dep["student_template"], cfg.data.template),
+                             ("the shared vocabulary", cache.manifest.get("shared_vocab"), shared_vocab_record(shared))):
+        if built != now:
+            raise _mismatch(cache, what, built, now)

@@ -102,8 +102,8 @@ def load_models(cfg: Config):
     it is not loaded at all."""
     from okd.models.loading import check_compatible, check_embeddings, load_model, load_tokenizer
     from okd.models.online import add_online_module
-    from okd.models.teacher_cache import open_cache, validate_cache
-    from okd.crosstok.data import CROSS_HINT
+    from okd.models.teacher_cache import open_cache, validate_cache, validate_cross_cache
+    from okd.crosstok.data import CROSS_HINT, pair_vocab
 
     mode = cfg.method.resolved_teacher
     tokenizer = load_tokenizer(cfg.student)
@@ -111,7 +111,14 @@ def load_models(cfg: Config):
     teacher, vocab, cache = None, len(tokenizer), None
     if cfg.teacher.cache:
         cache = open_cache(cfg.teacher.cache)
-        validate_cache(cache, cfg, tokenizer, vocab_size=vocab)
+        if cfg.method.cross_tokenizer != "off":  # a cache on the teacher's own tokens
+            t_tok = load_tokenizer(cfg.teacher)
+            validate_cross_cache(cache, cfg, t_tok, tokenizer, pair_vocab(t_tok, tokenizer).teacher)
+        elif cache.manifest["depends_on"].get("cross_tokenizer"):
+            raise OkdError(f"teacher cache {cache.directory} holds the teacher's predictions on its own tokens, for "
+                           "a method.cross_tokenizer run; set method.cross_tokenizer, or build a cache for this run")
+        else:
+            validate_cache(cache, cfg, tokenizer, vocab_size=vocab)
     elif mode != "none":
         teacher = load_model(cfg.teacher)
         t_tok = load_tokenizer(cfg.teacher)
@@ -259,7 +266,7 @@ def restore(run: Run, resume: bool) -> None:
 
 def setup(cfg: Config, *, resume: bool, progress: bool) -> Run:
     from accelerate.utils import set_seed
-    from okd.crosstok.data import CrossCollator
+    from okd.crosstok.data import CrossCollator, teacher_side
     from okd.data import Collator
     from okd.methods import Models, build_method
     from okd.models.loading import load_tokenizer
@@ -280,8 +287,8 @@ def setup(cfg: Config, *, resume: bool, progress: bool) -> Run:
     progress = progress and accelerator.is_main_process
     t_tok = load_tokenizer(cfg.teacher) if cfg.method.cross_tokenizer != "off" else None
     features, stats, valid_examples, valid_features = load_data(cfg, tokenizer, progress, t_tok)
-    if cache is not None:
-        cache.check_features("train", features)  # the cache was built on these examples, in this order
+    if cache is not None:  # the cache was built on these examples, in this order (a cross-tokenizer one: the
+        cache.check_features("train", teacher_side(features) if t_tok is not None else features)  # teacher's)
     for warning in data_warnings(cfg, len(features), accelerator.num_processes):
         log.warning(warning)
     if len(features) < accelerator.num_processes:
