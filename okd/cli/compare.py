@@ -20,6 +20,9 @@ grid file (YAML):
     - {name: minillm, student_from: sft, overrides: {method.name: minillm}}
   sweeps:                         one run per value on top of base_run's overrides: <name>_<value>
     - {name: okd_rank, base_run: okd, key: online.rank, values: [16, 64]}
+  intervals: [[okd, fkd]]         paired bootstrap intervals of ROUGE-L a − b (runs, seed groups, references)
+  time_to_quality: [[okd, gkd]]   a's training time to b's best validation CE (b's time over a's), and both
+                                  CEs at equal time
   eval:
     data: [sharegpt, seed-tasks]  eval sets (files, directories or presets)
     split: test; seeds: 3; max_new_tokens: 64; limit: 32; template: chat; batch_size: 16; greedy: false

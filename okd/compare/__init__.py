@@ -20,6 +20,7 @@ A grid file (YAML) names what to run and how to evaluate it:
                                       # (teacher, data), built once (okd.compare.caches)
     intervals: [[okd, fkd], [okd_t2, fkd_t2]]   # optional: paired bootstrap intervals of a − b per eval
                                       # set (default: okd − every other seed group)
+    time_to_quality: [[okd, gkd]]     # optional: a's training time to b's best validation CE, and equal time
     eval:                             # okd eval's settings (okd.eval.EvalConfig), grid defaults, plus:
       data: [sharegpt, seed-tasks]
       split: test

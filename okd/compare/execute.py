@@ -80,7 +80,9 @@ def describe_plan(plan: Plan) -> str:
     for r in plan.runs:
         status = f"= {r.same_as}" if r.same_as else run_status(r)
         ev = "-"
-        if plan.spec.eval is not None:
+        if r.name == plan.spec.teacher_from:
+            ev = "the teacher row"
+        elif plan.spec.eval is not None:
             label = plan.trained(r).name
             ev = "done" if eval_current(plan.out / "eval" / f"{label}.json", eval_settings(plan, False)) else "todo"
             if label in exposure_runs(plan) or r.name in exposure_runs(plan):

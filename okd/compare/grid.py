@@ -110,6 +110,8 @@ class GridSpec(_Section):
     eval: EvalSpec | None = None
     teacher_cache: TeacherCacheSpec | None = None  # `true`: the defaults
     intervals: list[tuple[str, str]] | None = None  # [a, b] seed groups: paired intervals of a − b (default okd − each)
+    # [a, b]: a's training time to b's best validation CE against b's own, and both CEs at equal time
+    time_to_quality: list[tuple[str, str]] = []
     threads: int | None = None
     isolate: bool = True  # train each run in its own process (per-run peak memory)
     keep_checkpoints: bool = True  # false: delete a run's checkpoints/ once it is complete (student/ stays)
@@ -463,9 +465,10 @@ def plan_grid(tree: dict, *, source: str | None = None, base_dir: Path | None = 
     if spec.eval is not None:
         _check_eval(spec.eval, names, teacher, student_init)
     refs = set(spec.eval.references) if spec.eval is not None else set()
-    for a, b in spec.intervals or []:
-        for name in (a, b):
-            if name not in names | refs:
-                raise OkdError(f"grid key 'intervals': no run named {name!r}")
+    for key, pairs in (("intervals", spec.intervals or []), ("time_to_quality", spec.time_to_quality)):
+        for a, b in pairs:
+            for name in (a, b):
+                if name not in names | (refs if key == "intervals" else set()):
+                    raise OkdError(f"grid key {key!r}: no run named {name!r}")
     return Plan(spec=spec, out=out, runs=runs, inits=list(inits.values()), caches=list(caches.values()),
                 teacher=teacher, teacher_base=teacher_base, student_init=student_init, source=source)

@@ -11,7 +11,7 @@ from okd.compare.grid import Plan, format_value
 from okd.compare.plots import plot_curves, plot_dynamics, plot_exposure_curves, plot_rouge, plot_sweeps, plot_time
 from okd.compare.results import collect_results, hardware
 from okd.compare.settings import eval_settings, exposure_runs
-from okd.compare.stats import HEADROOM_GOAL, group_rows, headroom, intervals
+from okd.compare.stats import HEADROOM_GOAL, group_rows, headroom, intervals, time_to_quality
 from okd.config import get_dotted
 from okd.eval.report import format_mean_std, markdown_table
 
@@ -184,6 +184,23 @@ def _headroom_lines(plan: Plan, room: list[dict] | None) -> list[str]:
     return lines
 
 
+def _speed_lines(pairs: list[dict] | None) -> list[str]:
+    """Time to quality (grid key time_to_quality): a's training time to b's best validation CE, and equal time."""
+    if not pairs:
+        return []
+    body = [[f"{p['a']} vs {p['b']}", f"{p['target_valid_loss']:.3f}", _num(p["b_s"]),
+             _num(p["a_s"]) if p["a_s"] is not None else f"not reached (best {p['a_best']:.3f})",
+             _num(p["speedup"], "{:.2f}×"), _num(p["equal_time_s"]),
+             f"{_num(p['a_at_equal_time'], '{:.3f}')} vs {_num(p['b_at_equal_time'], '{:.3f}')}"] for p in pairs]
+    return ["## Time to quality", "",
+            "b's best validation CE as the quality; the training seconds (the loop's time, validation excluded; a "
+            "seed group's mean over seeds) each run takes to first validate at or below it; b's time over a's; "
+            "and both CEs at the last validation within the shorter run's time. Seconds measured on a shared "
+            "machine: read ratios, and only between runs trained side by side.", "",
+            markdown_table(["a vs b", "target CE (b's best)", "b: s", "a: s", "speedup (b / a)", "equal time (s)",
+                            "CE at equal time (a vs b)"], body), ""]
+
+
 def _provenance_lines(rows: list[dict]) -> list[str]:
     """Where the runs trained and against which teacher weights: one line when all agree, a table (and a
     warning) when the grid's runs come from several machines or teachers (okd compare --import)."""
@@ -227,7 +244,7 @@ def _report_md(plan: Plan, rows: list[dict], sets: list[str], plots: dict[str, s
     lines = [f"# {plan.spec.title or 'okd compare: ' + plan.out.name}", ""]
     lines += _headroom_lines(plan, seeds.get("headroom")) + _setup_lines(plan, hw)
     lines += ["", "## Methods", "", _table(plan, [r for r in rows if r["kind"] != "sweep"], sets), ""]
-    lines += _seed_lines(seeds) + _provenance_lines(rows)
+    lines += _seed_lines(seeds) + _speed_lines(seeds.get("time_to_quality")) + _provenance_lines(rows)
     for sw in plan.spec.sweeps:
         srows = [r for r in rows if r.get("sweep") == sw.name]
         if not srows:
@@ -253,7 +270,7 @@ def write_report(plan: Plan) -> dict:
     plots = _write_plots(plan, rows, sets)
     hw = hardware()
     seeds = {"seed_groups": group_rows(plan, rows), "intervals": intervals(plan, plan.spec.intervals),
-             "headroom": headroom(plan)}
+             "headroom": headroom(plan), "time_to_quality": time_to_quality(plan, rows, plan.spec.time_to_quality)}
     _write_results(plan, rows, sets, hw, seeds)
     (plan.out / "report.md").write_text(_report_md(plan, rows, sets, plots, hw, seeds))
     return {"report": plan.out / "report.md", "plots": list(plots.values()), "rows": rows}

@@ -19,7 +19,7 @@ from okd.eval.curves import read_metrics
 
 
 # what the report keeps of each metrics.jsonl record (the module dynamics of online-teacher runs included)
-CURVE_KEYS = ("step", "valid_loss", "valid_rougeL", "loss", "elapsed_s", "valid_kl_base_teacher",
+CURVE_KEYS = ("step", "valid_loss", "valid_rougeL", "loss", "elapsed_s", "train_s", "valid_kl_base_teacher",
               "valid_kl_online_teacher", "valid_ce_base_teacher", "valid_ce_online_teacher", "online_update_norm")
 
 

@@ -141,3 +141,40 @@ def headroom(plan: Plan) -> list[dict] | None:
     for r in rows:
         r["reaches_goal"] = r["mean_diff"] >= HEADROOM_GOAL and r["ci95"][0] > 0
     return rows
+
+
+def validation_curve(plan: Plan, rows: list[dict], name: str) -> list[tuple[float, float]]:
+    """[(training seconds, valid CE)] at the validation steps of a run, or of a seed group averaged over its
+    seeds at the steps they all validated (train_s: the loop's time without validation and saves)."""
+    by_name = {r["name"]: r for r in rows}
+    members = [by_name[n] for n in (seed_groups(plan).get(name) or [name]) if n in by_name]
+    per = [{m["step"]: (m.get("train_s", m.get("elapsed_s")), m["valid_loss"]) for m in r.get("curve") or []
+            if "valid_loss" in m and m.get("train_s", m.get("elapsed_s")) is not None} for r in members]
+    steps = sorted(set.intersection(*(set(p) for p in per))) if per else []
+    return [(statistics.fmean(p[s][0] for p in per), statistics.fmean(p[s][1] for p in per)) for s in steps]
+
+
+def _first_at_or_below(curve, target):
+    return next((t for t, ce in curve if ce <= target), None)
+
+
+def _at_time(curve, seconds):
+    return next((ce for t, ce in reversed(curve) if t <= seconds), None)
+
+
+def time_to_quality(plan: Plan, rows: list[dict], pairs) -> list[dict]:
+    """For each (a, b): b's best validation CE as the target, the training time each takes to reach it
+    (first validation at or below; a may never reach it), b's time over a's, and both CEs at the last
+    validation within the shorter run's training time (equal time)."""
+    out = []
+    for a, b in pairs:
+        ca, cb = validation_curve(plan, rows, a), validation_curve(plan, rows, b)
+        if not ca or not cb:
+            continue
+        target = min(ce for _, ce in cb)
+        ta, tb = _first_at_or_below(ca, target), _first_at_or_below(cb, target)
+        equal = min(ca[-1][0], cb[-1][0])
+        out.append({"a": a, "b": b, "target_valid_loss": target, "a_s": ta, "b_s": tb,
+                    "speedup": tb / ta if ta else None, "a_best": min(ce for _, ce in ca),
+                    "equal_time_s": equal, "a_at_equal_time": _at_time(ca, equal), "b_at_equal_time": _at_time(cb, equal)})
+    return out
