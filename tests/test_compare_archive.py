@@ -28,7 +28,11 @@ def test_a_grid_in_two_sessions_carries_results_and_retrains_only_needed_weights
     assert sorted(p.name for p in (archive / "runs").iterdir()) == ["sft_s1", "teacher_ft", "warm"]
     assert not list(archive.rglob("*.safetensors")) and not list(archive.rglob("student"))
     assert {p.name for p in (archive / "eval").glob("*.json")} == {"teacher.json", "sft_s1.json"}
-    assert len(list((archive / "eval").glob("sft_s1.*.jsonl"))) == 2  # the per-prompt answers: 2 seeds
+    answers = sorted((archive / "eval").glob("sft_s1.*.jsonl"))
+    assert len(answers) == 2  # the per-prompt answers of 2 seeds: their scores, not their texts
+    full = [json.loads(line) for line in (out / "eval" / answers[0].name).read_text().splitlines()]
+    kept = [json.loads(line) for line in answers[0].read_text().splitlines()]
+    assert kept == [{"rougeL": r["rougeL"], "finished": r["finished"]} for r in full] and "prediction" in full[0]
     teacher_eval = json.loads((archive / "eval" / "teacher.json").read_text())
     assert teacher_eval["compare_model_sha"] == first["teacher_ft"]["student_sha"]
 

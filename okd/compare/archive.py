@@ -1,7 +1,9 @@
 """A grid's results without its weights, to spread one grid over several machines or sessions.
 
 `okd compare -c GRID --export DIR` copies what the report reads (each finished run's config, summary,
-metrics and provenance; every evaluation JSON) into DIR, adding to what DIR holds; `--import DIR` puts
+metrics and provenance; every evaluation JSON, and its per-prompt files with each answer's ROUGE-L and
+whether it ended, not its text: a few KB per set and seed, where the answers would make a 20-model grid
+tens of MB) into DIR, adding to what DIR holds; `--import DIR` puts
 into the grid's output_dir the runs and evaluations it does not have. An imported run has its results
 and no weights: it is reported and skipped like a finished one, and trained again only when a run to
 train or a model to evaluate needs its weights (a student_from or teacher_from run), its imported
@@ -26,6 +28,7 @@ from okd.compare.state import IMPORTED, is_imported, run_status
 
 RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "provenance.json")
 ARCHIVE = "archive.json"  # in an archive: where and when each run was exported from
+KEPT = ("rougeL", "finished")  # of each per-prompt answer record
 
 Log = Callable[[str], None]
 
@@ -96,7 +99,12 @@ def export_results(plan: Plan, dest: Path, log: Log) -> None:
     evals = _eval_files(plan.out / "eval", _labels(plan))
     (dest / "eval").mkdir(exist_ok=True)
     for p in evals:
-        shutil.copyfile(p, dest / "eval" / p.name)
+        if p.suffix == ".jsonl":  # per-prompt answers: the scores the intervals pair, without the texts
+            lines = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+            (dest / "eval" / p.name).write_text("".join(json.dumps({k: r[k] for k in KEPT if k in r}) + "\n"
+                                                        for r in lines))
+        else:
+            shutil.copyfile(p, dest / "eval" / p.name)
     if plan.source and Path(plan.source).is_file():
         shutil.copyfile(plan.source, dest / "grid.yaml")
     index_path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
