@@ -278,8 +278,8 @@ class Config(Section):
             raise ValueError(f"method.cross_tokenizer={m.cross_tokenizer} distils across tokenizers with the "
                              f"ground-truth methods {', '.join(CROSS_TOKENIZER_METHODS)} only (okd online, the others frozen, "
                              f"gkd at method.lmbda=0; not method.name={m.name} with teacher {m.resolved_teacher}"
-                             f"{f', lmbda {m.lmbda:g}' if m.name == 'gkd' else ''}); use one of them, or "
-                             "method.cross_tokenizer=off")
+                             f"{f', lmbda {m.lmbda:g}' if m.name == 'gkd' else ''}); use one of them (gkd: "
+                             "method.lmbda=0), or method.cross_tokenizer=off")
         return self
 
     def to_yaml(self) -> str:

@@ -64,14 +64,40 @@ def test_a_grid_in_two_sessions_carries_results_and_retrains_only_needed_weights
     assert tuned == first["teacher_ft"]["student_sha"]  # the teacher tuned again is the same (same machine)
 
 
-def test_import_into_a_grid_that_has_the_run_keeps_the_local_one(tiny_dirs, tiny_data, tmp_path):
+def test_import_keeps_local_runs_and_their_evaluations_and_refuses_another_config(tiny_dirs, tiny_data, tmp_path):
+    import yaml
+
+    from okd.compare import plan_grid
+    from okd.compare.state import eval_done
+
     out, archive = tmp_path / "g", tmp_path / "archive"
     tree = _grid(tiny_dirs, tiny_data, out)
     run_compare(copy.deepcopy(tree), only=["sft_s1"], log=lambda m: None, export_to=archive)
+    local = (out / "eval" / "sft_s1.json").read_text()
+    changed = json.loads(local)
+    changed["datasets"]["train"]["rougeL"]["mean"] = 99.0  # another machine's evaluation of its own sft_s1
+    (archive / "eval" / "sft_s1.json").write_text(json.dumps(changed))
     logs: list[str] = []
     run_compare(copy.deepcopy(tree), report_only=True, log=logs.append, import_from=archive)
     assert any("import: 0 runs" in m and "kept the local warm, sft_s1" in m for m in logs), logs
     assert not (out / "runs" / "sft_s1" / "imported.json").exists()
+    assert (out / "eval" / "sft_s1.json").read_text() == local
+    # an evaluation of other weights than the run's (retrained since, or another machine's) is not current
+    plan = plan_grid(copy.deepcopy(tree))
+    assert eval_done(plan, "sft_s1")
+    stale = json.loads(local)
+    stale["compare_model_sha"] = "0" * 16
+    (out / "eval" / "sft_s1.json").write_text(json.dumps(stale))
+    assert not eval_done(plan, "sft_s1")
+    # an archived run trained with another config than this grid's is left out
+    cfg = yaml.safe_load((archive / "runs" / "sft_s1" / "config.yaml").read_text())
+    cfg["train"]["lr"] = 0.5
+    (archive / "runs" / "sft_s1" / "config.yaml").write_text(yaml.safe_dump(cfg))
+    shutil.rmtree(out)
+    logs.clear()
+    run_compare(copy.deepcopy(tree), report_only=True, log=logs.append, import_from=archive)
+    assert any("import: 1 runs (warm)" in m and "left out sft_s1 (trained with another config" in m for m in logs), logs
+    assert not (out / "runs" / "sft_s1").exists() and not (out / "eval" / "sft_s1.json").exists()
 
 
 def test_teacher_copies_that_differ_are_said_in_the_report():
@@ -83,7 +109,14 @@ def test_teacher_copies_that_differ_are_said_in_the_report():
              "provenance": {"machine": "cpu B", "teacher_sha": "bbbb"}}]
     text = "\n".join(_provenance_lines(rows))
     assert "different copies of the teacher" in text and "`bbbb`" in text and "cpu B" in text
-    assert "Every run trained on cpu A, against teacher weights `aaaa`." in "\n".join(_provenance_lines(rows[:2]))
+    assert "Every run trained on cpu A, the distilling ones against teacher weights `aaaa`." in \
+        "\n".join(_provenance_lines(rows[:2]))
+    # another teacher (not the teacher row's model) is not a copy of it
+    other = rows[:2] + [{"name": "x_s1", "kind": "run", "provenance": {"machine": "cpu A", "teacher": "gemma",
+                                                                      "teacher_sha": "cccc"}}]
+    other[0] = dict(other[0], model="tuned")
+    other[1] = dict(other[1], provenance=dict(other[1]["provenance"], teacher="tuned"))
+    assert "different copies" not in "\n".join(_provenance_lines(other))
 
 
 def test_import_of_a_folder_without_results_is_one_line(tiny_dirs, tiny_data, tmp_path):

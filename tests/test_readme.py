@@ -96,6 +96,7 @@ def site(tmp_path_factory, tiny_dirs):
     for name in ("tiny.yaml", "compare-smollm2.yaml", "compare-study.yaml", "compare-tiny.yaml", "compare-protocol.yaml"):
         (root / "configs" / name).write_text((ROOT / "configs" / name).read_text())
     os.symlink(ROOT / "configs" / "accelerate", root / "configs" / "accelerate")
+    (root / "docs" / "protocol" / "archive").mkdir(parents=True)  # what --import reads (--dry-run: it exists)
     (root / "models").mkdir()
     os.symlink(tiny_dirs["teacher"], root / "models" / "teacher")
     data = root / "data" / "sharegpt"

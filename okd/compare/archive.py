@@ -22,6 +22,8 @@ import time
 from pathlib import Path
 from typing import Callable
 
+import yaml
+
 from okd.compare.grid import Plan, Run
 from okd.compare.results import hardware
 from okd.compare.state import IMPORTED, is_imported, run_status
@@ -78,12 +80,29 @@ def _eval_files(eval_dir: Path, labels: set[str], of: set[str] | None = None) ->
     return files
 
 
+def _owned_labels(plan: Plan, runs: list[str]) -> set[str]:
+    """The evaluation labels these runs' weights stand behind: each run's own, and the teacher row for the
+    teacher tuning run."""
+    return set(runs) | ({"teacher"} if plan.spec.teacher_from in runs else set())
+
+
+def _compact(p: Path) -> str | None:
+    """A per-prompt answers file with only KEPT of each record; None if it does not parse (being written)."""
+    try:
+        lines = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
+    except (OSError, ValueError):
+        return None
+    return "".join(json.dumps({k: r[k] for k in KEPT if k in r}) + "\n" for r in lines)
+
+
 def export_results(plan: Plan, dest: Path, log: Log) -> None:
-    """Copy the finished runs' results and every evaluation into dest (added to, or replacing, what it holds)."""
+    """Copy the finished runs' results and every evaluation into dest (added to, or replacing, what it holds).
+    For a run trained here its archived evaluations are replaced by the local ones, or dropped: they
+    described the weights it had before."""
     dest.mkdir(parents=True, exist_ok=True)
     index_path = dest / ARCHIVE
     index = json.loads(index_path.read_text()) if index_path.is_file() else {"runs": {}}
-    runs = []
+    runs, trained_here = [], []
     for r in plan.runs:
         if r.same_as or run_status(r) not in ("complete", "imported"):
             continue
@@ -95,51 +114,69 @@ def export_results(plan: Plan, dest: Path, log: Log) -> None:
         if not is_imported(r):
             index["runs"][r.name] = {"exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
                                      "from": str(r.dir)}
+            trained_here.append(r.name)
         runs.append(r.name)
-    evals = _eval_files(plan.out / "eval", _labels(plan))
     (dest / "eval").mkdir(exist_ok=True)
+    for p in _eval_files(dest / "eval", _labels(plan), _owned_labels(plan, trained_here)):
+        p.unlink()
+    evals, skipped = _eval_files(plan.out / "eval", _labels(plan)), []
     for p in evals:
         if p.suffix == ".jsonl":  # per-prompt answers: the scores the intervals pair, without the texts
-            lines = [json.loads(line) for line in p.read_text().splitlines() if line.strip()]
-            (dest / "eval" / p.name).write_text("".join(json.dumps({k: r[k] for k in KEPT if k in r}) + "\n"
-                                                        for r in lines))
+            text = _compact(p)
+            if text is None:
+                skipped.append(p.name)
+                continue
+            (dest / "eval" / p.name).write_text(text)
         else:
             shutil.copyfile(p, dest / "eval" / p.name)
     if plan.source and Path(plan.source).is_file():
         shutil.copyfile(plan.source, dest / "grid.yaml")
     index_path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
-    log(f"export: {len(runs)} runs ({', '.join(runs) or 'none finished'}) and {len(evals)} evaluations -> {dest}")
+    log(f"export: {len(runs)} runs ({', '.join(runs) or 'none finished'}) and {len(evals) - len(skipped)} "
+        f"evaluation files -> {dest}" + (f"; left out {', '.join(skipped)} (unreadable: being written?)" if skipped
+                                          else ""))
 
 
 def import_results(plan: Plan, src: Path, log: Log) -> None:
-    """Put into the output_dir the runs and evaluations of src it does not have (nothing local is replaced)."""
+    """Put into the output_dir the runs of src it does not have (no directory here: nothing local is replaced)
+    whose config is this grid's, and the evaluations of those runs and of the reference rows it lacks."""
+    from okd.config import LOGGING_KEYS, config_diff
     from okd.errors import OkdError
 
     if not (src / "runs").is_dir() and not (src / "eval").is_dir():
         raise OkdError(f"--import: {src} holds no exported results (runs/ or eval/); write one with --export")
-    runs, skipped = [], []
+    runs, skipped, other = [], [], []
     for r in plan.runs:
         origin = src / "runs" / r.name
         if r.same_as or not (origin / "summary.json").is_file():
             continue
-        if run_status(r) != "new":
+        if r.dir.exists():  # trained, training or interrupted here
             skipped.append(r.name)
             continue
-        r.dir.mkdir(parents=True, exist_ok=True)
+        try:
+            old = yaml.safe_load((origin / "config.yaml").read_text()) or {}
+        except (OSError, yaml.YAMLError):
+            old = {}
+        if [k for k in config_diff(old, r.cfg.model_dump(mode="json")) if k not in LOGGING_KEYS]:
+            other.append(r.name)
+            continue
+        r.dir.mkdir(parents=True)
         for name in RUN_FILES:
             if (origin / name).is_file():
                 shutil.copyfile(origin / name, r.dir / name)
         (r.dir / IMPORTED).write_text(json.dumps({"from": str(src), "at": time.strftime(
             "%Y-%m-%dT%H:%M:%SZ", time.gmtime())}) + "\n")
         runs.append(r.name)
+    refs = set(plan.spec.eval.references) - {"teacher"} if plan.spec.eval is not None else set()
     evals = []
     (plan.out / "eval").mkdir(parents=True, exist_ok=True)
-    for p in _eval_files(src / "eval", _labels(plan)):
+    for p in _eval_files(src / "eval", _labels(plan), _owned_labels(plan, runs) | refs):
         if not (plan.out / "eval" / p.name).is_file():
             shutil.copyfile(p, plan.out / "eval" / p.name)
             evals.append(p.name)
-    log(f"import: {len(runs)} runs ({', '.join(runs) or 'none'}) and {len(evals)} evaluations from {src}"
-        + (f"; kept the local {', '.join(skipped)}" if skipped else ""))
+    log(f"import: {len(runs)} runs ({', '.join(runs) or 'none'}) and {len(evals)} evaluation files from {src}"
+        + (f"; kept the local {', '.join(skipped)}" if skipped else "")
+        + (f"; left out {', '.join(other)} (trained with another config than this grid's)" if other else ""))
 
 
 def forget_import(plan: Plan, run: Run) -> None:

@@ -25,7 +25,7 @@ from okd.compare.caches import describe_caches, ensure_teacher_cache
 from okd.compare.grid import Plan, Run, format_value, load_grid, plan_grid
 from okd.compare.report import write_report
 from okd.compare.settings import eval_config, eval_settings, exposure_runs
-from okd.compare.state import run_status
+from okd.compare.state import eval_done, run_status
 from okd.config import LOGGING_KEYS, config_diff
 from okd.errors import OkdError
 from okd.progress import fmt_s
@@ -52,16 +52,6 @@ def check_run_config(run: Run) -> None:
                        f"to retrain, or give the run another name")
 
 
-def eval_current(path: Path, settings: dict) -> bool:
-    """An evaluation JSON stamped with these settings exists."""
-    if not path.is_file():
-        return False
-    try:
-        return json.loads(path.read_text()).get("compare_settings") == settings
-    except (json.JSONDecodeError, OSError):
-        return False
-
-
 def _stamp(path: Path, settings: dict, model: str) -> None:
     from okd.config import ModelConfig
 
@@ -84,9 +74,9 @@ def describe_plan(plan: Plan) -> str:
             ev = "the teacher row"
         elif plan.spec.eval is not None:
             label = plan.trained(r).name
-            ev = "done" if eval_current(plan.out / "eval" / f"{label}.json", eval_settings(plan, False)) else "todo"
+            ev = "done" if eval_done(plan, label) else "todo"
             if label in exposure_runs(plan) or r.name in exposure_runs(plan):
-                xdone = eval_current(plan.out / "eval" / f"{label}.exposure.json", eval_settings(plan, True))
+                xdone = eval_done(plan, label, exposure=True)
                 ev += ", exposure " + ("done" if xdone else "todo")
         ov = ", ".join(f"{k}={format_value(v) if not isinstance(v, str) else v}" for k, v in r.overrides.items())
         rows.append([r.name, r.cfg.method.name, ov or "-", r.student_from or "-", r.teacher_from or "-",
@@ -180,9 +170,8 @@ def _weights_needed(plan: Plan, selection: Selection) -> dict[str, str]:
     if plan.spec.eval is not None:
         oracle = tuned if plan.spec.eval.exposure is not None and plan.spec.eval.exposure.teacher is None else None
         for label, _, exposure in _models_to_evaluate(plan, selection):
-            rouge = not eval_current(plan.out / "eval" / f"{label}.json", eval_settings(plan, False))
-            xpos = exposure and not eval_current(plan.out / "eval" / f"{label}.exposure.json",
-                                                 eval_settings(plan, True))
+            rouge = not eval_done(plan, label)
+            xpos = exposure and not eval_done(plan, label, exposure=True)
             if rouge or xpos:
                 need.setdefault(tuned if label == "teacher" and tuned else label, f"the evaluation of {label}")
             if xpos and oracle:
@@ -244,7 +233,7 @@ def evaluate_model(plan: Plan, label: str, model: str, *, exposure: bool, log: L
     done = []
     s = eval_settings(plan, False)
     target = eval_dir / f"{label}.json"
-    if not eval_current(target, s):
+    if not eval_done(plan, label):
         t0 = time.perf_counter()
         run_eval(model, s["data"], target, eval_config(plan, False), log=lambda m: None)
         _stamp(target, s, model)
@@ -254,7 +243,7 @@ def evaluate_model(plan: Plan, label: str, model: str, *, exposure: bool, log: L
     if exposure:
         xs = eval_settings(plan, True)
         xtarget = eval_dir / f"{label}.exposure.json"
-        if not eval_current(xtarget, xs):
+        if not eval_done(plan, label, exposure=True):
             t0 = time.perf_counter()
             run_eval(model, xs["data"], xtarget, eval_config(plan, True), teacher_path=xs["teacher"],
                      log=lambda m: None)
@@ -287,9 +276,7 @@ def _eval_all(plan: Plan, selection: Selection, *, log: Log, elapsed: Callable[[
     models = _models_to_evaluate(plan, selection)
     for i, (label, model, exposure) in enumerate(models, start=1):
         head = f"eval {i}/{len(models)} {label}"
-        if not eval_current(plan.out / "eval" / f"{label}.json", eval_settings(plan, False)) or \
-                (exposure and not eval_current(plan.out / "eval" / f"{label}.exposure.json",
-                                               eval_settings(plan, True))):
+        if not eval_done(plan, label) or (exposure and not eval_done(plan, label, exposure=True)):
             log(f"{head}: evaluating [grid elapsed {elapsed()}]")
             done = evaluate_model(plan, label, model, exposure=exposure, log=log)
             log(f"{head}: {'; '.join(done)}")
@@ -364,6 +351,8 @@ def run_compare(grid: str | Path | dict, *, only: list[str] | None = None, dry_r
             if r.name in selection.train and not r.same_as:
                 check_run_config(r)
     if dry_run:
+        if import_from is not None and not Path(import_from).is_dir():
+            raise OkdError(f"--import: {import_from} does not exist; write it with --export first")
         print(describe_plan(plan))
         return plan
 

@@ -188,6 +188,8 @@ def _speed_lines(pairs: list[dict] | None) -> list[str]:
     """Time to quality (grid key time_to_quality): a's training time to b's best validation CE, and equal time."""
     if not pairs:
         return []
+    notes = [f"- {p['a']} vs {p['b']}: {p['reason']}." for p in pairs if "reason" in p]
+    pairs = [p for p in pairs if "reason" not in p]
     body = [[f"{p['a']} vs {p['b']}", f"{p['target_valid_loss']:.3f}", _num(p["b_s"]),
              _num(p["a_s"]) if p["a_s"] is not None else f"not reached (best {p['a_best']:.3f})",
              _num(p["speedup"], "{:.2f}×"), _num(p["equal_time_s"]),
@@ -197,8 +199,9 @@ def _speed_lines(pairs: list[dict] | None) -> list[str]:
             "seed group's mean over seeds) each run takes to first validate at or below it; b's time over a's; "
             "and both CEs at the last validation within the shorter run's time. Seconds measured on a shared "
             "machine: read ratios, and only between runs trained side by side.", "",
-            markdown_table(["a vs b", "target CE (b's best)", "b: s", "a: s", "speedup (b / a)", "equal time (s)",
-                            "CE at equal time (a vs b)"], body), ""]
+            *([markdown_table(["a vs b", "target CE (b's best)", "b: s", "a: s", "speedup (b / a)",
+                               "equal time (s)", "CE at equal time (a vs b)"], body), ""] if body else []),
+            *([*notes, ""] if notes else [])]
 
 
 def _provenance_lines(rows: list[dict]) -> list[str]:
@@ -209,13 +212,17 @@ def _provenance_lines(rows: list[dict]) -> list[str]:
         return []
     machines = {r["provenance"]["machine"] for r in runs}
     teacher_row = next((r for r in rows if r["name"] == "teacher" and r["kind"] == "reference"), {})
-    shas = {r["provenance"].get("teacher_sha") for r in runs} - {None}
+    # copies of one teacher: the runs distilling from the teacher row's model (other teachers are others)
+    tuned = [r for r in runs if r["provenance"].get("teacher") in (None, teacher_row.get("model"))
+             or not teacher_row]
+    shas = {r["provenance"].get("teacher_sha") for r in tuned} - {None}
     evaluated = teacher_row.get("model_sha")
     lines = ["## Provenance", ""]
     if len(machines) == 1 and len(shas) <= 1 and (not evaluated or shas <= {evaluated}) \
             and not any(r.get("imported") for r in runs):
         return lines + [f"Every run trained on {next(iter(machines))}"
-                        + (f", against teacher weights `{next(iter(shas))}`" if shas else "") + ".", ""]
+                        + (f", the distilling ones against teacher weights `{next(iter(shas))}`" if shas else "")
+                        + ".", ""]
     body = [[r["name"], r["provenance"]["machine"], r["provenance"].get("finished_at", "-"),
              f"`{r['provenance']['teacher_sha']}`" if r["provenance"].get("teacher_sha") else "-",
              "yes" if r.get("imported") else "no"] for r in runs]

@@ -13,8 +13,7 @@ import statistics
 from pathlib import Path
 
 from okd.compare.grid import Plan, Run
-from okd.compare.settings import eval_settings
-from okd.compare.state import is_imported
+from okd.compare.state import eval_done, is_imported
 from okd.eval.curves import read_metrics
 
 
@@ -65,13 +64,13 @@ def _eval_part(plan: Plan, label: str) -> dict:
     if ev is None:
         return part
     res = _read_json(eval_dir / f"{label}.json")
-    if res and res.get("compare_settings") == eval_settings(plan, False):
+    if res and eval_done(plan, label):  # these settings, these weights
         part["rougeL"] = {n: d["rougeL"] for n, d in res["datasets"].items()}
         part["rougeL_avg"] = rouge_avg_over_sets(res["datasets"])
         part["gen_tokens_per_s"] = (res.get("generation") or {}).get("tokens_per_s")
         part["model_sha"] = res.get("compare_model_sha")
     xres = _read_json(eval_dir / f"{label}.exposure.json")
-    if ev.exposure is not None and xres and xres.get("compare_settings") == eval_settings(plan, True):
+    if ev.exposure is not None and xres and eval_done(plan, label, exposure=True):
         d = next(iter(xres["datasets"].values()))
         ex, tf = d.get("exposure_bias") or {}, (d.get("teacher_forced") or {}).get("overall") or {}
         part["exposure"] = {"at_l": ex.get("at_l"), "length": ex.get("length"), "curve": ex.get("curve"),

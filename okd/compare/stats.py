@@ -170,6 +170,9 @@ def time_to_quality(plan: Plan, rows: list[dict], pairs) -> list[dict]:
     for a, b in pairs:
         ca, cb = validation_curve(plan, rows, a), validation_curve(plan, rows, b)
         if not ca or not cb:
+            missing = " and ".join(n for n, c in ((a, ca), (b, cb)) if not c)
+            out.append({"a": a, "b": b, "reason": f"no validation curve for {missing} (not trained yet, or no "
+                                                  "validation step common to its seeds)"})
             continue
         target = min(ce for _, ce in cb)
         ta, tb = _first_at_or_below(ca, target), _first_at_or_below(cb, target)

@@ -108,21 +108,23 @@ def _top_k_rows(h, weight, k, temperatures, dtypes, chunk=512, labels=None, shar
     predicts) also label_logp and the top-k of the distribution renormalised over M (module doc)."""
     import torch
 
-    names = ["ids", "logp", "log_tail"] + (["label_logp", "shared_ids", "shared_logp", "shared_log_tail"]
-                                           if shared is not None else [])
-    types = list(dtypes) + [np.float32, np.int32, dtypes[1], np.float32]
-    out: dict = {n: [] for n in names}
+    m, km = len(temperatures), min(k, len(shared)) if shared is not None else 0
+    spec = {"ids": (dtypes[0], (k,)), "logp": (dtypes[1], (k,)), "log_tail": (dtypes[2], (m,))}
+    if shared is not None:
+        spec.update(label_logp=(np.float32, ()), shared_ids=(np.int32, (km,)), shared_logp=(dtypes[1], (km,)),
+                    shared_log_tail=(np.float32, (m,)))
+    out: dict = {n: [] for n in spec}
     for i in range(0, h.shape[0], chunk):
         logp = torch.log_softmax(h[i:i + chunk].float() @ weight.t(), dim=-1)
+        got = {}
         if shared is not None:
-            out["label_logp"].append(logp.gather(1, labels[i:i + chunk, None]).squeeze(1))
+            got["label_logp"] = logp.gather(1, labels[i:i + chunk, None]).squeeze(1)
             on_m = torch.log_softmax(logp.index_select(1, shared), dim=-1)
-            for n, x in zip(names[4:], _top_k(on_m, min(k, len(shared)), temperatures)):
-                out[n].append(x)
-        for n, x in zip(names[:3], _top_k(logp, k, temperatures)):
-            out[n].append(x)
-    return {n: np.concatenate([x.cpu().numpy().astype(d) for x in out[n]]) if out[n] else np.zeros(0, d)
-            for n, d in zip(names, types)}
+            got.update(zip(("shared_ids", "shared_logp", "shared_log_tail"), _top_k(on_m, km, temperatures)))
+        got.update(zip(("ids", "logp", "log_tail"), _top_k(logp, k, temperatures)))  # (overwrites logp)
+        for n, x in got.items():  # to numpy chunk by chunk: k = V stays within memory
+            out[n].append(x.cpu().numpy().astype(spec[n][0]))
+    return {n: np.concatenate(out[n]) if out[n] else np.zeros((0, *shape), d) for n, (d, shape) in spec.items()}
 
 
 def _score_examples(teacher, features, *, vocab_size, k, temperatures, pad_id, batch_size, device, dtypes,
