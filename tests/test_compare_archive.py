@@ -53,15 +53,23 @@ def test_a_grid_in_two_sessions_carries_results_and_retrains_only_needed_weights
     assert res["headroom"][0]["runs_b"] == 2  # teacher − sft over both seeds, one from each session
     assert "## Provenance" in (out / "report.md").read_text()
 
-    # session 3: fkd needs the tuned teacher's weights: it is tuned again, its imported evaluation dropped
+    # session 3: fkd needs the tuned teacher's weights: it is tuned again; its imported evaluation counts only
+    # because the tuning gave the same weights again (same seed, same machine)
     shutil.rmtree(out)
     logs.clear()
     run_compare(copy.deepcopy(tree), only=["fkd_s1"], log=logs.append, import_from=archive)
     assert any("teacher_ft: imported without weights, which run fkd_s1 needs" in m for m in logs)
-    assert not (out / "eval" / "teacher.json").exists()
     tuned = _provenance(out, "teacher_ft")["student_sha"]
     assert _provenance(out, "fkd_s1")["teacher_sha"] == tuned
     assert tuned == first["teacher_ft"]["student_sha"]  # the teacher tuned again is the same (same machine)
+    from okd.compare import plan_grid
+    from okd.compare.state import eval_done
+
+    plan = plan_grid(copy.deepcopy(tree))
+    assert eval_done(plan, "teacher")
+    prov = _provenance(out, "teacher_ft")
+    (out / "runs" / "teacher_ft" / "provenance.json").write_text(json.dumps(dict(prov, student_sha="f" * 16)))
+    assert not eval_done(plan, "teacher")  # a tuning that gave other weights: the teacher row is evaluated again
 
 
 def test_import_keeps_local_runs_and_their_evaluations_and_refuses_another_config(tiny_dirs, tiny_data, tmp_path):

@@ -6,8 +6,8 @@ whether it ended, not its text: a few KB per set and seed, where the answers wou
 tens of MB) into DIR, adding to what DIR holds; `--import DIR` puts
 into the grid's output_dir the runs and evaluations it does not have. An imported run has its results
 and no weights: it is reported and skipped like a finished one, and trained again only when a run to
-train or a model to evaluate needs its weights (a student_from or teacher_from run), its imported
-evaluations dropped then, since they describe other weights.
+train or a model to evaluate needs its weights (a student_from or teacher_from run); its imported
+evaluations then count only if the new weights are the ones they scored (okd.compare.state.eval_done).
 
 Every trained run leaves provenance.json: the machine and a fingerprint of the teacher it was trained
 against and of the student it produced, so a report over runs from several machines can say which
@@ -180,10 +180,19 @@ def import_results(plan: Plan, src: Path, log: Log) -> None:
 
 
 def forget_import(plan: Plan, run: Run) -> None:
-    """An imported run about to be trained again: its results and evaluations describe other weights."""
+    """An imported run about to be trained again: its results go. Its evaluations stay where they name the
+    weights they scored (compare_model_sha): they count again only if the new training gives the same
+    weights (okd.compare.state.eval_done; the same seed on the same kind of machine does); the others go."""
     for name in (*RUN_FILES, IMPORTED):
         if name != "config.yaml":
             (run.dir / name).unlink(missing_ok=True)
-    of = {run.name} | ({"teacher"} if plan.spec.teacher_from == run.name else set())  # the teacher row: its weights
-    for p in _eval_files(plan.out / "eval", _labels(plan), of):
-        p.unlink()
+    for p in _eval_files(plan.out / "eval", _labels(plan), _owned_labels(plan, [run.name])):
+        if p.name.endswith(".jsonl"):
+            continue  # answers: kept or dropped with their evaluation below
+        try:
+            named = json.loads(p.read_text()).get("compare_model_sha")
+        except (OSError, ValueError):
+            named = None
+        if not named:
+            for q in [p, *p.parent.glob(f"{p.name.removesuffix('.json')}.*.jsonl")]:
+                q.unlink(missing_ok=True)

@@ -204,7 +204,7 @@ def _train_all(plan: Plan, selection: Selection, *, progress: bool, log: Log, el
                 log(f"{head}: imported (results without weights), skipped")
                 continue
             log(f"{head}: imported without weights, which {need[r.name]} needs: training it again (its imported "
-                "results and evaluations are dropped)")
+                "evaluations count again only if it gives the same weights)")
             forget_import(plan, r)
             status = run_status(r)
         what = "resuming " + status.split("(")[1].rstrip(")") if status.startswith("partial") else "starting"
