@@ -34,6 +34,8 @@ Complete runs (summary.json) and evaluations (same settings) are skipped; interr
 from their last checkpoint. A run whose config equals an earlier run's reuses it. A grid too long for
 one machine or session: --export DIR at the end of each part, --import DIR at the start of the next
 (results travel, weights do not; runs whose weights are needed, e.g. a tuned teacher, train again).
+--lanes N trains N runs at once in their own processes (threads: 1 and N = the cores), each run when
+the runs it needs are done; its logs in <output_dir>/lanes/.
 
 example:
   okd compare -c configs/compare-tiny.yaml --dry-run
@@ -53,6 +55,11 @@ def register(sub) -> None:
                    help="train and evaluate only these runs and reference rows (teacher, student_init); the runs they need are trained too, not evaluated; the report covers all")
     p.add_argument("--report-only", action="store_true", help="rewrite the report from what exists; train nothing")
     p.add_argument("--progress", action="store_true", help="show the training/eval progress bars")
+    p.add_argument("--lanes", type=int, metavar="N",
+                   help="train N runs at once, each in its own process (a run starts when the runs it needs are done; "
+                        "with threads: 1, N = the number of cores)")
+    p.add_argument("--no-eval", action="store_true", help="train only; evaluate in a later call")
+    p.add_argument("--no-report", action="store_true", help="leave the report (and --export) for a later call")
     p.add_argument("--import", dest="import_from", metavar="DIR",
                    help="first take from DIR (written by --export) the runs and evaluations this grid lacks: their "
                         "results without weights (a run whose weights are needed is trained again)")
@@ -64,11 +71,16 @@ def register(sub) -> None:
 
 def run(args) -> int:
     from okd.compare import run_compare
+    from okd.errors import OkdError
+
+    if args.lanes is not None and args.lanes < 1:
+        raise OkdError(f"--lanes {args.lanes}: give at least 1 (the number of runs trained at once)")
 
     logging.basicConfig(level=logging.WARNING, format="%(message)s")
     plan = run_compare(args.config, only=args.only, dry_run=args.dry_run, report_only=args.report_only,
                        progress=args.progress and sys.stderr.isatty(), import_from=args.import_from,
-                       export_to=args.export_to)
-    if not args.dry_run:
+                       export_to=args.export_to, lanes=args.lanes, evaluate=not args.no_eval,
+                       write=not args.no_report)
+    if not args.dry_run and not args.no_report:
         print((plan.out / "report.md").read_text(), end="")
     return 0

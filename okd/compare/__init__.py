@@ -38,10 +38,12 @@ resolved config equals an earlier run's is not trained twice: it reuses that run
 "= name"). The grid is validated like a config: an unknown key is an error naming it, before anything
 runs.
 
+`okd compare --lanes N` runs N runs at once, each in its own process, in dependency order.
+
 The package: `grid` (schema and plan), `settings` (a plan's evaluation settings), `state` (a run's
-state on disk), `execute` (training, evaluation, run_compare), `archive` (a grid's results without
-weights, `--export`/`--import`, and each run's provenance), `results` (reading runs and evaluations
-into rows), `report` (report.md, results.csv/json) and `plots` (the figures).
+state on disk), `execute` (training, evaluation, run_compare), `lanes` (--lanes), `archive` (a grid's
+results without weights, `--export`/`--import`, and each run's provenance), `results` (reading runs and
+evaluations into rows), `report` (report.md, results.csv/json) and `plots` (the figures).
 """
 
 from okd.compare.execute import (check_run_config, describe_plan, ensure_student_inits, evaluate_model, run_compare,

@@ -332,11 +332,14 @@ def _select(plan: Plan, only: list[str] | None, *, dry_run: bool, log: Log) -> S
 def run_compare(grid: str | Path | dict, *, only: list[str] | None = None, dry_run: bool = False,
                 report_only: bool = False, progress: bool = False, log: Log = _say,
                 report: Callable[[Plan], object] | None = None, import_from: Path | None = None,
-                export_to: Path | None = None) -> Plan:
+                export_to: Path | None = None, lanes: int | None = None, evaluate: bool = True,
+                write: bool = True) -> Plan:
     """Train, evaluate and report a grid; returns the plan. See okd.compare's docstring for the format.
 
     `import_from`: first put into the output_dir the runs and evaluations of that archive it lacks;
     `export_to`: at the end copy the results (no weights) into that archive (okd.compare.archive).
+    `lanes`: run that many runs at once, each in its own process (okd.compare.lanes). `evaluate=False`
+    trains only; `write=False` leaves the report (and the export) for a later call.
 
     `report(plan)` writes the report instead of okd.compare.report.write_report (okd demo's own).
     """
@@ -368,9 +371,17 @@ def run_compare(grid: str | Path | dict, *, only: list[str] | None = None, dry_r
         import_results(plan, Path(import_from), log)
     if not report_only:
         ensure_student_inits(plan, log)
-        _train_all(plan, selection, progress=progress, log=log, elapsed=elapsed)
-        if plan.spec.eval is not None:
-            _eval_all(plan, selection, log=log, elapsed=elapsed)
+        if lanes and lanes > 1:
+            from okd.compare.lanes import run_lanes
+
+            run_lanes(plan, selection, lanes, need=_weights_needed(plan, selection), evaluate=evaluate, log=log,
+                      elapsed=elapsed)
+        else:
+            _train_all(plan, selection, progress=progress, log=log, elapsed=elapsed)
+            if plan.spec.eval is not None and evaluate:
+                _eval_all(plan, selection, log=log, elapsed=elapsed)
+    if not write:
+        return plan
     if report is not None:
         report(plan)
         return plan
