@@ -135,7 +135,10 @@ def _setup_lines(plan: Plan, hw: dict) -> list[str]:
                          f"{xs['prompts']} prompts of {xs['data'][0]}, {xs['samples']} sampled prefixes per prompt "
                          f"and model, curve to l = {xs['max_len']} (computed for: "
                          f"{', '.join(sorted(exposure_runs(plan)))}; '-' = not computed).")
-    lines.append(f"Hardware: {hw['processor']}, {hw['cpu_count']} CPUs, torch {hw['torch']}, "
+    from okd.precision import cpu_features
+
+    lines.append(f"Hardware (of this report; each run's: Provenance): {hw['processor']} {cpu_features()}, "
+                 f"{hw['cpu_count']} CPUs, torch {hw['torch']}, "
                  f"{'GPU ' + hw['gpu'] if hw['gpu'] else 'no GPU'}. Train time: the training loop's wall-clock "
                  "(model loading excluded); peak mem: " + ("CUDA max allocated" if hw["gpu"] else
                                                           "the training process's max RSS") + ".")
