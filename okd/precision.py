@@ -16,11 +16,16 @@ def cpu_has_bf16() -> bool:
     forced = os.environ.get("OKD_CPU_BF16", "").strip()
     if forced in ("0", "1"):
         return forced == "1"
+    return bool({"avx512_bf16", "amx_bf16"} & cpu_flags())
+
+
+def cpu_flags() -> set[str]:
+    """The CPU's feature flags (/proc/cpuinfo's first `flags` line; empty where there is none)."""
     try:
-        flags = Path("/proc/cpuinfo").read_text()
+        return set(next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
+                         if line.startswith("flags")), []))
     except OSError:
-        return False
-    return "avx512_bf16" in flags or "amx_bf16" in flags
+        return set()
 
 
 def bf16_is_fast() -> bool:
@@ -51,10 +56,8 @@ def resolve_mixed_precision(setting: str, device_type: str | None = None) -> str
 
 def cpu_features() -> str:
     """What decides a CPU's speed here: AVX-512, and bf16 in hardware (AVX512-BF16, AMX)."""
-    try:
-        flags = next((line.split(":", 1)[1].split() for line in Path("/proc/cpuinfo").read_text().splitlines()
-                      if line.startswith("flags")), [])
-    except OSError:
+    flags = cpu_flags()
+    if not flags:
         return ""
     have = [name for name, flag in (("AVX-512", "avx512f"), ("AVX512-BF16", "avx512_bf16"), ("AMX", "amx_bf16"))
             if flag in flags]

@@ -26,23 +26,24 @@ import yaml
 
 from okd.compare.grid import Plan, Run
 from okd.compare.results import hardware
-from okd.compare.state import IMPORTED, is_imported, run_status
+from okd.compare.state import IMPORTED, is_imported, run_status, weights_owner
 
 RUN_FILES = ("config.yaml", "summary.json", "metrics.jsonl", "provenance.json")
-ARCHIVE = "archive.json"  # in an archive: where and when each run was exported from
 KEPT = ("rougeL", "finished")  # of each per-prompt answer record
 
 Log = Callable[[str], None]
 
 
-def weights_fingerprint(model_cfg) -> str | None:
+def weights_fingerprint(model) -> str | None:
     """The first 16 hex digits of the sha256 over a model's weight files (okd.models.fingerprints, which the
-    teacher cache records in full); None where they are not on this machine."""
+    teacher cache records in full) for a ModelConfig or a model directory; None where they are not here."""
+    from okd.config import ModelConfig
     from okd.errors import OkdError
     from okd.models.fingerprints import teacher_identity
 
     try:
-        return teacher_identity(model_cfg)["weights_sha256"][:16]
+        return teacher_identity(model if isinstance(model, ModelConfig) else ModelConfig(path=str(model))
+                                )["weights_sha256"][:16]
     except (OkdError, OSError):
         return None
 
@@ -54,8 +55,7 @@ def write_provenance(run: Run) -> None:
     hw = hardware()
     record = {"machine": f"{hw['processor']} {cpu_features()}".strip(), "gpu": hw["gpu"], "torch": hw["torch"],
               "finished_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-              "student_sha": weights_fingerprint(run.cfg.teacher.model_copy(
-                  update={"path": str(run.dir / "student"), "gguf_file": None}))}
+              "student_sha": weights_fingerprint(run.dir / "student")}
     if run.cfg.method.resolved_teacher != "none":
         record.update(teacher=run.cfg.teacher.path, teacher_sha=weights_fingerprint(run.cfg.teacher))
     (run.dir / "provenance.json").write_text(json.dumps(record, indent=1) + "\n")
@@ -81,9 +81,8 @@ def _eval_files(eval_dir: Path, labels: set[str], of: set[str] | None = None) ->
 
 
 def _owned_labels(plan: Plan, runs: list[str]) -> set[str]:
-    """The evaluation labels these runs' weights stand behind: each run's own, and the teacher row for the
-    teacher tuning run."""
-    return set(runs) | ({"teacher"} if plan.spec.teacher_from in runs else set())
+    """The evaluation labels scoring these runs' weights (state.weights_owner)."""
+    return {label for label in _labels(plan) if weights_owner(plan, label) in runs}
 
 
 def _compact(p: Path) -> str | None:
@@ -100,8 +99,6 @@ def export_results(plan: Plan, dest: Path, log: Log) -> None:
     For a run trained here its archived evaluations are replaced by the local ones, or dropped: they
     described the weights it had before."""
     dest.mkdir(parents=True, exist_ok=True)
-    index_path = dest / ARCHIVE
-    index = json.loads(index_path.read_text()) if index_path.is_file() else {"runs": {}}
     runs, trained_here = [], []
     for r in plan.runs:
         if r.same_as or run_status(r) not in ("complete", "imported"):
@@ -112,8 +109,6 @@ def export_results(plan: Plan, dest: Path, log: Log) -> None:
             if (r.dir / name).is_file():
                 shutil.copyfile(r.dir / name, target / name)
         if not is_imported(r):
-            index["runs"][r.name] = {"exported_at": time.strftime("%Y-%m-%dT%H:%M:%SZ", time.gmtime()),
-                                     "from": str(r.dir)}
             trained_here.append(r.name)
         runs.append(r.name)
     (dest / "eval").mkdir(exist_ok=True)
@@ -131,7 +126,6 @@ def export_results(plan: Plan, dest: Path, log: Log) -> None:
             shutil.copyfile(p, dest / "eval" / p.name)
     if plan.source and Path(plan.source).is_file():
         shutil.copyfile(plan.source, dest / "grid.yaml")
-    index_path.write_text(json.dumps(index, indent=1, sort_keys=True) + "\n")
     log(f"export: {len(runs)} runs ({', '.join(runs) or 'none finished'}) and {len(evals) - len(skipped)} "
         f"evaluation files -> {dest}" + (f"; left out {', '.join(skipped)} (unreadable: being written?)" if skipped
                                           else ""))

@@ -24,8 +24,8 @@ from okd.compare.archive import export_results, forget_import, import_results, w
 from okd.compare.caches import describe_caches, ensure_teacher_cache
 from okd.compare.grid import Plan, Run, format_value, load_grid, plan_grid
 from okd.compare.report import write_report
-from okd.compare.settings import eval_config, eval_settings, exposure_runs
-from okd.compare.state import eval_done, run_status
+from okd.compare.settings import eval_config, eval_settings, exposure_oracle_run, exposure_runs
+from okd.compare.state import eval_done, run_status, weights_owner
 from okd.config import LOGGING_KEYS, config_diff
 from okd.errors import OkdError
 from okd.progress import fmt_s
@@ -53,12 +53,10 @@ def check_run_config(run: Run) -> None:
 
 
 def _stamp(path: Path, settings: dict, model: str) -> None:
-    from okd.config import ModelConfig
-
     res = json.loads(path.read_text())
     res["compare_settings"] = settings
     res["compare_model"] = model
-    res["compare_model_sha"] = weights_fingerprint(ModelConfig(path=model))  # which weights, across machines
+    res["compare_model_sha"] = weights_fingerprint(model)  # which weights, across machines
     path.write_text(json.dumps(res, indent=2, ensure_ascii=False) + "\n")
 
 
@@ -166,14 +164,13 @@ def _weights_needed(plan: Plan, selection: Selection) -> dict[str, str]:
     student and teacher come from, a missing evaluation needs the model evaluated (and the teacher, the
     oracle of exposure bias). An imported run in here is trained again (okd.compare.archive)."""
     need: dict[str, str] = {}
-    tuned = plan.spec.teacher_from
     if plan.spec.eval is not None:
-        oracle = tuned if plan.spec.eval.exposure is not None and plan.spec.eval.exposure.teacher is None else None
+        oracle = exposure_oracle_run(plan)
         for label, _, exposure in _models_to_evaluate(plan, selection):
             rouge = not eval_done(plan, label)
             xpos = exposure and not eval_done(plan, label, exposure=True)
             if rouge or xpos:
-                need.setdefault(tuned if label == "teacher" and tuned else label, f"the evaluation of {label}")
+                need.setdefault(weights_owner(plan, label), f"the evaluation of {label}")
             if xpos and oracle:
                 need.setdefault(oracle, f"the exposure bias of {label} (its oracle)")
     for r in reversed([r for r in plan.runs if r.name in selection.train and not r.same_as]):

@@ -21,7 +21,7 @@ from typing import Callable
 
 from okd.compare.archive import forget_import
 from okd.compare.grid import Plan
-from okd.compare.settings import exposure_runs
+from okd.compare.settings import exposure_oracle_run, exposure_runs
 from okd.compare.state import eval_done, run_status
 from okd.errors import OkdError
 from okd.progress import fmt_s
@@ -40,8 +40,7 @@ class Job:
 def _jobs(plan: Plan, selection, evaluate: bool, need: dict) -> tuple[list[Job], set[str]]:
     """(the jobs to run in plan order, the runs already done); a run's job evaluates it where selected.
     need: the runs whose weights the selection reads (okd.compare.execute._weights_needed)."""
-    oracle = plan.spec.teacher_from if plan.spec.eval is not None and plan.spec.eval.exposure is not None \
-        and plan.spec.eval.exposure.teacher is None else None
+    oracle = exposure_oracle_run(plan)
     xruns = exposure_runs(plan)
     done, jobs = set(), []
     for r in plan.runs:

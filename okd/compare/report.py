@@ -14,6 +14,7 @@ from okd.compare.settings import eval_settings, exposure_runs
 from okd.compare.stats import HEADROOM_GOAL, group_rows, headroom, intervals, time_to_quality
 from okd.config import get_dotted
 from okd.eval.report import format_mean_std, markdown_table
+from okd.precision import cpu_features
 
 PLOTS = {"curves": ("valid_curves.png", "Validation during training"), "exposure": ("exposure.png", "Exposure bias"),
          "time": ("time.png", "Training cost"), "rouge": ("rouge.png", "ROUGE-L"), "sweeps": ("sweeps.png", "Ablations"),
@@ -135,8 +136,6 @@ def _setup_lines(plan: Plan, hw: dict) -> list[str]:
                          f"{xs['prompts']} prompts of {xs['data'][0]}, {xs['samples']} sampled prefixes per prompt "
                          f"and model, curve to l = {xs['max_len']} (computed for: "
                          f"{', '.join(sorted(exposure_runs(plan)))}; '-' = not computed).")
-    from okd.precision import cpu_features
-
     lines.append(f"Hardware (of this report; each run's: Provenance): {hw['processor']} {cpu_features()}, "
                  f"{hw['cpu_count']} CPUs, torch {hw['torch']}, "
                  f"{'GPU ' + hw['gpu'] if hw['gpu'] else 'no GPU'}. Train time: the training loop's wall-clock "

@@ -44,6 +44,14 @@ def eval_config(plan: Plan, exposure: bool) -> EvalConfig:
                       exposure=ExposureConfig(samples=ex.samples, max_len=ex.max_len, length=ex.length))
 
 
+def exposure_oracle_run(plan: Plan) -> str | None:
+    """The grid run whose model is exposure bias's oracle: the tuned teacher (teacher_from), unless
+    eval.exposure.teacher names another model."""
+    ev = plan.spec.eval
+    return plan.spec.teacher_from if ev is not None and ev.exposure is not None and ev.exposure.teacher is None \
+        else None
+
+
 def exposure_runs(plan: Plan) -> set[str]:
     ev = plan.spec.eval
     if ev is None or ev.exposure is None:

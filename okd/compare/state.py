@@ -43,12 +43,17 @@ def eval_current(path: Path, settings: dict, weights: str | None = None) -> bool
     return res.get("compare_settings") == settings and (weights is None or res.get("compare_model_sha") in (None, weights))
 
 
+def weights_owner(plan: Plan, label: str) -> str:
+    """The run whose weights an evaluation label scores: the run itself, the tuning run for the teacher row."""
+    return plan.spec.teacher_from if label == "teacher" and plan.spec.teacher_from else label
+
+
 def eval_done(plan: Plan, label: str, exposure: bool = False) -> bool:
-    """eval/<label>(.exposure).json is current: these settings, and the weights the run that made label's
-    model recorded (provenance.json: the run itself, or the teacher tuning for the teacher row)."""
-    owner = plan.spec.teacher_from if label == "teacher" and plan.spec.teacher_from else label
+    """eval/<label>(.exposure).json is current: these settings, and the weights that label's run recorded
+    (provenance.json of weights_owner)."""
     try:
-        weights = json.loads((plan.out / "runs" / owner / "provenance.json").read_text()).get("student_sha")
+        weights = json.loads((plan.out / "runs" / weights_owner(plan, label) / "provenance.json").read_text()
+                             ).get("student_sha")
     except (OSError, ValueError):
         weights = None
     name = f"{label}.exposure.json" if exposure else f"{label}.json"

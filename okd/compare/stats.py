@@ -148,8 +148,9 @@ def validation_curve(plan: Plan, rows: list[dict], name: str) -> list[tuple[floa
     seeds at the steps they all validated (train_s: the loop's time without validation and saves)."""
     by_name = {r["name"]: r for r in rows}
     members = [by_name[n] for n in (seed_groups(plan).get(name) or [name]) if n in by_name]
-    per = [{m["step"]: (m.get("train_s", m.get("elapsed_s")), m["valid_loss"]) for m in r.get("curve") or []
-            if "valid_loss" in m and m.get("train_s", m.get("elapsed_s")) is not None} for r in members]
+    seconds = lambda m: m.get("train_s", m.get("elapsed_s"))  # noqa: E731  (runs from before train_s existed)
+    per = [{m["step"]: (seconds(m), m["valid_loss"]) for m in r.get("curve") or []
+            if "valid_loss" in m and seconds(m) is not None} for r in members]
     steps = sorted(set.intersection(*(set(p) for p in per))) if per else []
     return [(statistics.fmean(p[s][0] for p in per), statistics.fmean(p[s][1] for p in per)) for s in steps]
 

@@ -18,6 +18,7 @@ j is row r0 + j, r0 = the number of response tokens of the examples before it in
 
 from __future__ import annotations
 
+import functools
 import itertools
 
 import torch
@@ -48,6 +49,7 @@ def check_fast(tokenizer, role: str) -> None:
                        f"tokenizer ({type(tokenizer).__name__}) does not give; use a fast tokenizer (tokenizer.json)")
 
 
+@functools.lru_cache(maxsize=1)  # by the two tokenizer objects: setup asks twice (cache check, hybrid), ~1 s each
 def pair_vocab(teacher_tokenizer, student_tokenizer) -> SharedVocab:
     """Token pairs both tokenizers spell the same (ids inside both tokenizers), with the two EOS paired."""
     sv = shared_vocab(teacher_tokenizer.get_vocab(), student_tokenizer.get_vocab())

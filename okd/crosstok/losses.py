@@ -90,8 +90,8 @@ class LogitTeacher:
             return sorted_probs(self.logits.index_select(0, rows), k, temperature)
 
     def shared_divergence(self, kind, zs, rows, shared, **kw):
-        with torch.no_grad():
-            zt = self.logits.index_select(0, rows).index_select(1, shared.teacher.to(self.logits.device))
+        with torch.no_grad():  # (shared.teacher is on this teacher's device: _shared_divergence moved it)
+            zt = self.logits.index_select(0, rows).index_select(1, shared.teacher)
         return token_divergence(kind, zs, zt.to(zs.device), **kw)
 
     def token_logprobs(self, rows, chunk_size):
@@ -126,10 +126,10 @@ def span_uld_loss(student_logits, teacher_logits, groups: Groups, **kw) -> PerGr
 
 
 def _shared_divergence(kind, student_logits, teacher, s_rows, t_rows, shared, chunk_size, **kw):
-    s_ids = shared.student.to(student_logits.device)
+    shared = SharedVocab(teacher=shared.teacher.to(teacher.device), student=shared.student.to(student_logits.device))
     out = []
     for tr, zs in zip(torch.split(t_rows, chunk_size), row_chunks(student_logits, s_rows, chunk_size)):
-        out.append(teacher.shared_divergence(kind, zs.index_select(1, s_ids), tr, shared, **kw))
+        out.append(teacher.shared_divergence(kind, zs.index_select(1, shared.student), tr, shared, **kw))
     return torch.cat(out) if out else student_logits.new_zeros(0, dtype=_dtype(student_logits))
 
 

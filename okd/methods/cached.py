@@ -52,6 +52,18 @@ def _distillm_may_generate(cfg: Config) -> bool:
     return m.replay_init_prob > 0 or rises
 
 
+def batch_cache_rows(cache, batch, names, scored_rows: int) -> dict:
+    """TeacherCache.rows of the batch's examples (`batch["example_index"]`), which must hold one row per
+    scored token of the batch (the student's, or the teacher's across tokenizers)."""
+    if "example_index" not in batch:
+        raise OkdError("teacher.cache needs each training example's index in its batch (batch['example_index'])")
+    rows = cache.rows("train", batch["example_index"], names)
+    if rows[names[0]].shape[0] != scored_rows:
+        raise OkdError(f"teacher cache {cache.directory} holds {rows[names[0]].shape[0]} scored tokens for this batch, "
+                       f"the batch has {scored_rows}: it was built on other data; rebuild it")
+    return rows
+
+
 @dataclass(eq=False)
 class CachedTeacherKD(Method):
     """fkd / rkd / jsd / tvd / distillm (ground truth) / gkd (λ = 0) with the teacher read from the cache."""
@@ -69,14 +81,10 @@ class CachedTeacherKD(Method):
         self.cache = cache
 
     def losses(self, batch, norm):
-        if "example_index" not in batch:
-            raise OkdError("teacher.cache needs each training example's index in its batch (batch['example_index'])")
         m, models = self.cfg.method, self.models
         scored = Scored.of(batch)
-        ids, logp, log_tail = self.cache.lookup("train", batch["example_index"])
-        if ids.shape[0] != scored.targets.shape[0]:
-            raise OkdError(f"teacher cache {self.cache.directory} holds {ids.shape[0]} scored tokens for this batch, "
-                           f"the batch has {scored.targets.shape[0]}: it was built on other data; rebuild it")
+        rows = batch_cache_rows(self.cache, batch, ("ids", "logp", "log_tail"), scored.targets.shape[0])
+        ids, logp, log_tail = rows["ids"], rows["logp"], rows["log_tail"]
         device = scored.targets.device
         teacher = sparse_teacher(ids.to(device), logp.to(device), log_tail.to(device), vocab_size=models.vocab_size,
                                  temperatures=self.cache.tail_temperatures, temperature=m.temperature)

@@ -116,14 +116,10 @@ class CachedCrossTokenizerKD(CrossTokenizerKD):
 
     def teacher_side(self, batch, t_scored):
         from okd.crosstok.cached import CachedTeacher
+        from okd.methods.cached import batch_cache_rows
 
         cache = self.models.teacher_cache
-        if "example_index" not in batch:
-            raise OkdError("teacher.cache needs each training example's index in its batch (batch['example_index'])")
-        rows = cache.rows("train", batch["example_index"], CachedTeacher.NAMES)
-        if rows["ids"].shape[0] != t_scored.targets.shape[0]:
-            raise OkdError(f"teacher cache {cache.directory} holds {rows['ids'].shape[0]} teacher tokens for this "
-                           f"batch, the batch has {t_scored.targets.shape[0]}: it was built on other data; rebuild it")
+        rows = batch_cache_rows(cache, batch, CachedTeacher.NAMES, t_scored.targets.shape[0])
         return CachedTeacher(rows, vocab_size=cache.vocab_size, shared_size=cache.manifest["shared_vocab"]["size"],
                              temperatures=cache.tail_temperatures, device=t_scored.targets.device)
 

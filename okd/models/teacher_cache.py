@@ -137,6 +137,7 @@ def _score_examples(teacher, features, *, vocab_size, k, temperatures, pad_id, b
     from okd.models.loading import final_hidden, output_weight
 
     weight = output_weight(teacher)[:vocab_size].detach().to(device=device, dtype=torch.float32)
+    shared = None if shared is None else shared.to(device)  # once, not per batch
     collate = Collator(pad_id)
     order = sorted(range(len(features)), key=lambda i: -len(features[i]["input_ids"]))  # little padding
     out: list = [None] * len(features)
@@ -146,9 +147,8 @@ def _score_examples(teacher, features, *, vocab_size, k, temperatures, pad_id, b
         mask = batch["labels"][:, 1:] != -100
         with torch.no_grad():
             hidden = final_hidden(teacher, batch["input_ids"].to(device), batch["attention_mask"].to(device))
-            rows = _top_k_rows(hidden[:, :-1][mask.to(device)], weight, k, temperatures, dtypes,
-                               labels=batch["labels"][:, 1:][mask].to(device),
-                               shared=None if shared is None else shared.to(device))
+            rows = _top_k_rows(hidden[:, :-1][mask.to(device)], weight, k, temperatures, dtypes, shared=shared,
+                               labels=None if shared is None else batch["labels"][:, 1:][mask].to(device))
         starts = np.cumsum([0] + mask.sum(1).tolist())
         for j, i in enumerate(idx):
             out[i] = {n: r[starts[j]:starts[j + 1]] for n, r in rows.items()}
@@ -395,6 +395,13 @@ def validate_cache(cache: TeacherCache, cfg, tokenizer, *, vocab_size: int | Non
     (The features themselves are checked by `cache.check_features` once tokenised.) template: the one the
     cached tokens were formatted with (default data.template; a cross-tokenizer cache: the teacher's)."""
     dep = cache.manifest["depends_on"]
+    cross = cfg.method.cross_tokenizer != "off"
+    if cross and not dep.get("cross_tokenizer"):
+        raise OkdError(f"teacher cache {cache.directory} was built for a run without method.cross_tokenizer (on the "
+                       f"student's tokens); {REBUILD}")
+    if not cross and dep.get("cross_tokenizer"):
+        raise OkdError(f"teacher cache {cache.directory} holds the teacher's predictions on its own tokens, for "
+                       "a method.cross_tokenizer run; set method.cross_tokenizer, or build a cache for this run")
     if cfg.teacher.path:
         now = teacher_identity(cfg.teacher)
         for key, what in (("weights_sha256", "the teacher (teacher.path weights)"),
@@ -419,12 +426,9 @@ def validate_cross_cache(cache: TeacherCache, cfg, teacher_tokenizer, student_to
     tokenizer and template), for this student's tokenizer and template, with this shared vocabulary."""
     from okd.crosstok.data import teacher_template
 
-    dep = cache.manifest["depends_on"].get("cross_tokenizer")
-    if dep is None:
-        raise OkdError(f"teacher cache {cache.directory} was built for a run without method.cross_tokenizer (on the "
-                       f"student's tokens); {REBUILD}")
     validate_cache(cache, cfg, teacher_tokenizer, vocab_size=len(teacher_tokenizer),
                    template=teacher_template(cfg, teacher_tokenizer))
+    dep = cache.manifest["depends_on"]["cross_tokenizer"]
     for what, built, now in (("the student's tokenizer", dep["student_tokenizer_sha256"],
                               tokenizer_sha256(student_tokenizer)),
                              ("data.template", dep["student_template"], cfg.data.template),

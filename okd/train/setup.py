@@ -96,10 +96,10 @@ def make_accelerator(cfg: Config, out: Path):
     return accelerator
 
 
-def load_models(cfg: Config):
+def load_models(cfg: Config, teacher_tokenizer=None):
     """(student, teacher or None, tokenizer, shared vocabulary size, teacher cache or None); the teacher
     carries its online module when the method trains one, and is frozen otherwise; with teacher.cache
-    it is not loaded at all."""
+    it is not loaded at all. teacher_tokenizer: the teacher's, when the caller has it (method.cross_tokenizer)."""
     from okd.models.loading import check_compatible, check_embeddings, load_model, load_tokenizer
     from okd.models.online import add_online_module
     from okd.models.teacher_cache import open_cache, validate_cache, validate_cross_cache
@@ -112,16 +112,13 @@ def load_models(cfg: Config):
     if cfg.teacher.cache:
         cache = open_cache(cfg.teacher.cache)
         if cfg.method.cross_tokenizer != "off":  # a cache on the teacher's own tokens
-            t_tok = load_tokenizer(cfg.teacher)
+            t_tok = teacher_tokenizer or load_tokenizer(cfg.teacher)
             validate_cross_cache(cache, cfg, t_tok, tokenizer, pair_vocab(t_tok, tokenizer).teacher)
-        elif cache.manifest["depends_on"].get("cross_tokenizer"):
-            raise OkdError(f"teacher cache {cache.directory} holds the teacher's predictions on its own tokens, for "
-                           "a method.cross_tokenizer run; set method.cross_tokenizer, or build a cache for this run")
         else:
             validate_cache(cache, cfg, tokenizer, vocab_size=vocab)
     elif mode != "none":
         teacher = load_model(cfg.teacher)
-        t_tok = load_tokenizer(cfg.teacher)
+        t_tok = teacher_tokenizer or load_tokenizer(cfg.teacher)
         # (with DeepSpeed's zero3_init_flag the models arrive partitioned: gather the heads to count their rows)
         with zero3_gathered(head_params(teacher) + head_params(student)):
             if cfg.method.cross_tokenizer == "off":
@@ -283,9 +280,9 @@ def setup(cfg: Config, *, resume: bool, progress: bool) -> Run:
         with write_guard("the run's config", out / "config.yaml"):
             (out / "config.yaml").write_text(cfg.to_yaml())
 
-    student, teacher, tokenizer, vocab, cache = load_models(cfg)
-    progress = progress and accelerator.is_main_process
     t_tok = load_tokenizer(cfg.teacher) if cfg.method.cross_tokenizer != "off" else None
+    student, teacher, tokenizer, vocab, cache = load_models(cfg, t_tok)
+    progress = progress and accelerator.is_main_process
     features, stats, valid_examples, valid_features = load_data(cfg, tokenizer, progress, t_tok)
     if cache is not None:  # the cache was built on these examples, in this order (a cross-tokenizer one: the
         cache.check_features("train", teacher_side(features) if t_tok is not None else features)  # teacher's)
